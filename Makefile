@@ -1,0 +1,78 @@
+# The two commands: `make up` (run the platform on this machine) and `make test` (run every test).
+# Everything else is a helper of those two, or an operator's shortcut.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STACK ?= dev
+MODELS := service/models
+
+# System packages the tests and the local environment run for real.
+APT_PACKAGES := postgresql-15 postgresql-client-15 redis-server redis-tools nginx prometheus \
+	prometheus-node-exporter wrk openssl curl
+
+.PHONY: help deps system-deps venv model test up down status bench preview deploy lint clean
+
+help:
+	@echo "make up       run the platform on this machine (prints URL and a ready curl)"
+	@echo "make down     stop what make up started"
+	@echo "make status   show each process and URL of the local environment"
+	@echo "make test     install everything needed, then run all tests"
+	@echo "make bench    benchmark the service (ratios against a bare-aiohttp baseline)"
+	@echo "make model    (re)build the demo models into $(MODELS)/"
+	@echo "make preview|deploy STACK=dev|staging|prod   pulumi preview / up for one stack"
+
+deps: system-deps venv
+
+# Installs only what is missing; as root via apt-get, otherwise names the packages in one line.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "missing system packages:$$missing — run: sudo apt-get install$$missing"; exit 1; fi; \
+	echo "==> apt-get install$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt service/requirements.txt
+	@echo "==> creating $(VENV) and installing pinned requirements"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -r requirements-dev.txt
+	@touch $@
+
+model: $(STAMP)
+	@echo "==> training demo models into $(MODELS)/"
+	@$(BIN)/python service/training/train_demo_models.py --out $(MODELS)
+
+$(MODELS)/.built: service/training/train_demo_models.py | $(STAMP)
+	@$(MAKE) --no-print-directory model
+	@touch $@
+
+test: deps $(MODELS)/.built
+	@echo "==> pytest"
+	@$(BIN)/pytest
+
+up: deps $(MODELS)/.built
+	@$(BIN)/python -m localenv up
+
+down:
+	@$(BIN)/python -m localenv down
+
+status:
+	@$(BIN)/python -m localenv status
+
+bench: deps $(MODELS)/.built
+	@$(BIN)/python -m bench
+
+preview deploy: deps
+	@command -v pulumi >/dev/null || { echo "pulumi CLI not found: install it from pulumi.com/docs/install to $@ stack '$(STACK)'"; exit 1; }
+	@pulumi stack select $(STACK) >/dev/null 2>&1 || pulumi stack init $(STACK)
+	@PATH="$(CURDIR)/$(BIN):$$PATH" pulumi $(if $(filter deploy,$@),up,preview) --stack $(STACK)
+
+lint: deps
+	@$(BIN)/ansible-lint --offline roles playbooks
+
+clean:
+	rm -rf $(VENV) $(MODELS)

@@ -1,0 +1,148 @@
+"""A throwaway PostgreSQL 15 server: initdb into a temp dir, a free port, password auth over TCP.
+
+PostgreSQL refuses to run as root, so when the tests run as root the server runs as the
+``postgres`` system user (created by Debian's postgresql package).
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+
+from .net import free_port, wait_for_port
+
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+SUPERUSER = "postgres"
+APP_USER = "prediction_user"
+APP_DB = "prediction_db"
+
+
+def _run_as() -> list[str]:
+    """Command prefix that drops root to the postgres user (empty when not root)."""
+    if os.geteuid() != 0:
+        return []
+    return ["runuser", "-u", "postgres", "--"]
+
+
+@dataclass
+class PostgresServer:
+    """One PostgreSQL cluster. ``start()``/``stop()`` may be called repeatedly (outage tests)."""
+
+    port: int = field(default_factory=free_port)
+    superuser_password: str = "test-superuser-pw"
+    app_password: str = "test-app-pw"
+    basedir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgtest-")))
+    proc: subprocess.Popen | None = None
+
+    host = "127.0.0.1"
+    superuser = SUPERUSER
+    app_user = APP_USER
+    dbname = APP_DB
+
+    @property
+    def datadir(self) -> Path:
+        return self.basedir / "data"
+
+    @property
+    def logfile(self) -> Path:
+        return self.basedir / "postgres.log"
+
+    def dsn(self, dbname: str | None = None, admin: bool = False) -> str:
+        """libpq URL, e.g. for PREDICTION_TIMESCALE_URL (app user) or admin work (superuser)."""
+        user, pw = (self.superuser, self.superuser_password) if admin else (self.app_user, self.app_password)
+        return f"postgresql://{user}:{pw}@{self.host}:{self.port}/{dbname or self.dbname}"
+
+    def init(self) -> "PostgresServer":
+        self.basedir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            pg = pwd.getpwnam("postgres")
+            os.chown(self.basedir, pg.pw_uid, pg.pw_gid)
+        pwfile = self.basedir / "pwfile"
+        pwfile.write_text(self.superuser_password + "\n")
+        if os.geteuid() == 0:
+            os.chown(pwfile, pwd.getpwnam("postgres").pw_uid, -1)
+        subprocess.run(
+            _run_as() + [str(PG_BIN / "initdb"), "-D", str(self.datadir), "-U", self.superuser,
+                         "--pwfile", str(pwfile), "--auth-local=trust", "--auth-host=scram-sha-256",
+                         "-E", "UTF8", "--locale=C.UTF-8"],
+            check=True, capture_output=True)
+        pwfile.unlink()
+        return self
+
+    def start(self) -> "PostgresServer":
+        # Unix socket in the data dir keeps parallel clusters apart; fsync off: throwaway data.
+        self.proc = subprocess.Popen(
+            _run_as() + [str(PG_BIN / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
+                         "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.datadir}",
+                         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                         "-c", f"logging_collector=off"],
+            stdout=open(self.logfile, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        wait_for_port(self.port, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg2.connect(self.dsn("postgres", admin=True)).close()
+                return
+            except psycopg2.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``pg_ctl stop -m fast``); the data directory stays for a restart."""
+        if self.proc is None:
+            return
+        subprocess.run(_run_as() + [str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "stop", "-m", mode, "-w"],
+                       capture_output=True)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def bootstrap_app(self) -> "PostgresServer":
+        """Create the application role and database, as a deployment's init would."""
+        self.execute(f"CREATE ROLE {self.app_user} LOGIN PASSWORD '{self.app_password}'", dbname="postgres")
+        self.execute(f"CREATE DATABASE {self.dbname} OWNER {self.app_user}", dbname="postgres")
+        return self
+
+    def create_database(self, name: str) -> str:
+        """A fresh, empty database owned by the app user; returns its app DSN."""
+        self.execute(f"CREATE DATABASE {name} OWNER {self.app_user}", dbname="postgres")
+        return self.dsn(name)
+
+    def execute(self, sql: str, params=None, dbname: str | None = None, admin: bool = True):
+        """Run one statement (autocommit) and return all rows, or None for statements without rows."""
+        conn = psycopg2.connect(self.dsn(dbname or self.dbname, admin=admin))
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else None
+        finally:
+            conn.close()
+
+    def destroy(self) -> None:
+        self.stop(mode="immediate")
+        shutil.rmtree(self.basedir, ignore_errors=True)
+
+
+def start_postgres() -> PostgresServer:
+    """Init, start and bootstrap a new throwaway cluster."""
+    return PostgresServer().init().start().bootstrap_app()
