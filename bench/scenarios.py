@@ -1,0 +1,187 @@
+"""What is measured and what it is held to: the scenarios of each benchmark mode and their goals.
+
+Two modes share the runner and the report:
+
+- ``service`` (issue 2): one service process against a bare-aiohttp baseline —
+  (a) baseline, (b) predict cache hit, (c) predict cache miss with Redis + DB logging,
+  (d) as (c) with DB logging off.
+- ``gateway`` (issue 5): the same predict request through nginx TLS (https://localhost:8443)
+  against one instance reached directly, at 16 and 64 connections.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .runner import Pair, Target
+
+PREDICT_PATH = "/api/v1/models/{model}/predict"
+
+
+# --- request bodies -------------------------------------------------------------------------------
+
+def instance_body(features: list[str], value: float = 1.0, version: str | None = None) -> str:
+    """One instance with named features at the top level (the service's single-instance format)."""
+    body: dict = {name: value + i * 0.5 for i, name in enumerate(features)}
+    return json.dumps(body, separators=(",", ":"))
+
+
+def random_template(features: list[str]) -> str:
+    """The same body with a ``@i@`` marker where random.lua writes the i-th feature value."""
+    return "{" + ",".join(f'{json.dumps(name)}:@{i}@' for i, name in enumerate(features)) + "}"
+
+
+def predict_url(base: str, model: str, version: str | None) -> str:
+    url = base.rstrip("/") + PREDICT_PATH.format(model=model)
+    return url + (f"?version={version}" if version else "")
+
+
+# --- goals ----------------------------------------------------------------------------------------
+
+@dataclass
+class Goal:
+    """One goal from the issue: a measured value against a threshold (PASS/MISS with the margin)."""
+
+    name: str
+    measure: Callable[[dict], float]   # from the results document
+    threshold: float
+    at_least: bool                     # True: value >= threshold; False: value < threshold
+    unit: str = ""
+    basis: str = ""                    # how the value was taken, e.g. "median of 3 pairs"
+    must_be_zero: bool = False         # a count that must be 0 (threshold unused)
+
+    def evaluate(self, results: dict) -> dict:
+        value = self.measure(results)
+        if self.must_be_zero:
+            passed, margin, rel = value == 0, -value, None
+        else:
+            passed = value >= self.threshold if self.at_least else value < self.threshold
+            margin = value - self.threshold if self.at_least else self.threshold - value
+            rel = margin / self.threshold if self.threshold else None
+        return {"goal": self.name, "value": value, "threshold": self.threshold, "unit": self.unit,
+                "passed": passed, "margin": margin, "margin_relative": rel, "basis": self.basis}
+
+
+def _ratio(name: str) -> Callable[[dict], float]:
+    return lambda res: res["ratios"][name]["median"]
+
+
+def _latency(key: str, pct: str) -> Callable[[dict], float]:
+    return lambda res: res["scenarios"][key]["latency_ms_median"][pct]
+
+
+def _errors(keys: list[str]) -> Callable[[dict], float]:
+    return lambda res: float(sum(res["scenarios"][k]["error_count"] for k in keys))
+
+
+@dataclass
+class Plan:
+    """Targets to hammer, how they pair up, extra ratios between rounds, and the goals."""
+
+    mode: str
+    targets: dict[str, Target]
+    pairs: list[Pair]
+    extra_ratios: list[tuple[str, str, str]] = field(default_factory=list)  # (name, numerator, denominator)
+    goals: list[Goal] = field(default_factory=list)
+    ratio_labels: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def pair_name(pair: Pair) -> str:
+        return f"{pair.candidate}/{pair.baseline}"
+
+
+# --- service mode (issue 2 §4) --------------------------------------------------------------------
+
+SERVICE_SCENARIOS = {
+    "a": ("(a) baseline: bare aiohttp, same JSON parsed",
+          "A bare aiohttp handler that parses the same JSON body and returns a constant: the framework ceiling."),
+    "b": ("(b) predict, cache hit",
+          "The same instance on every request: after the first, answered from the in-process cache tier."),
+    "c": ("(c) predict, cache miss, Redis + DB logging",
+          "A new random instance on every request: Redis lookup misses, ONNX inference, Redis write and "
+          "a row queued for PostgreSQL."),
+    "d": ("(d) as (c), DB logging off",
+          "Like (c) on a service started with PREDICTION_DB_LOGGING=false: the cost of logging is (c) vs (d)."),
+}
+
+
+def service_plan(*, baseline_url: str, logging_url: str, nolog_url: str, api_key: str, model: str,
+                 version: str | None, features: list[str], feature_range: tuple[float, float],
+                 connections: list[int], threads: int,
+                 probes: dict[str, Callable[[], dict[str, float]]] | None = None) -> Plan:
+    """Scenarios (a)–(d) at each connection count; goals at every count measured."""
+    probes = probes or {}
+    fixed = ["fixed", [api_key, instance_body(features)]]
+    lo, hi = feature_range
+    rand = ["random", [api_key, random_template(features), *[f"{lo:g}:{hi:g}"] * len(features)]]
+    where = {"a": (baseline_url, fixed), "b": (logging_url, fixed), "c": (logging_url, rand), "d": (nolog_url, rand)}
+    targets: dict[str, Target] = {}
+    pairs: list[Pair] = []
+    extra: list[tuple[str, str, str]] = []
+    goals: list[Goal] = []
+    labels: dict[str, str] = {}
+    many = len(connections) > 1
+    for conns in connections:
+        k = {s: (f"{s}@{conns}" if many else s) for s in SERVICE_SCENARIOS}
+        for s, (label, desc) in SERVICE_SCENARIOS.items():
+            base, (script, args) = where[s]
+            targets[k[s]] = Target(key=k[s], label=label + (f" @{conns}" if many else ""),
+                                   url=predict_url(base, model, version), script=script, script_args=list(args),
+                                   connections=conns, threads=threads, description=desc,
+                                   probe=probes.get(s))
+        for s in ("b", "c", "d"):
+            pairs.append(Pair(k[s], k["a"]))
+        extra.append((f"{k['c']}/{k['d']}", k["c"], k["d"]))
+        labels.update({f"{k['b']}/{k['a']}": "(b)/(a) cache hit vs ceiling",
+                       f"{k['c']}/{k['a']}": "(c)/(a) cache miss vs ceiling",
+                       f"{k['d']}/{k['a']}": "(d)/(a) no DB logging vs ceiling",
+                       f"{k['c']}/{k['d']}": "(c)/(d) cost of DB logging"})
+        at = f" at {conns} connections"
+        goals += [
+            Goal(f"(b)/(a) >= 0.7{at}", _ratio(f"{k['b']}/{k['a']}"), 0.7, True, basis="median ratio"),
+            Goal(f"(c)/(a) >= 0.35{at}", _ratio(f"{k['c']}/{k['a']}"), 0.35, True, basis="median ratio"),
+            Goal(f"(c)/(d) >= 0.9{at} (logging costs < 10%)", _ratio(f"{k['c']}/{k['d']}"), 0.9, True,
+                 basis="median of per-round ratios"),
+        ]
+        for s in ("b", "c", "d"):
+            goals.append(Goal(f"p99 of ({s}) < 20 ms{at}", _latency(k[s], "99"), 20.0, False, "ms",
+                              basis="median over runs"))
+        goals.append(Goal(f"zero errors{at}", _errors([k[s] for s in SERVICE_SCENARIOS]), 0.0, False,
+                          basis="HTTP errors + socket errors, all measured runs", must_be_zero=True))
+    return Plan("service", targets, pairs, extra, goals, labels)
+
+
+# --- gateway mode (issue 5 "Benchmark through the gateway") ---------------------------------------
+
+def gateway_plan(*, gateway_url: str, direct_url: str, api_key: str, model: str, version: str | None,
+                 features: list[str], connections: list[int], threads: int, random_instances: bool,
+                 feature_range: tuple[float, float]) -> Plan:
+    """Gateway vs direct at each connection count; TLS + proxy may cost at most 25% of throughput."""
+    if random_instances:
+        lo, hi = feature_range
+        script, args = "random", [api_key, random_template(features), *[f"{lo:g}:{hi:g}"] * len(features)]
+    else:
+        script, args = "fixed", [api_key, instance_body(features)]
+    targets: dict[str, Target] = {}
+    pairs: list[Pair] = []
+    goals: list[Goal] = []
+    labels: dict[str, str] = {}
+    for conns in connections:
+        d, g = f"direct@{conns}", f"gateway@{conns}"
+        targets[d] = Target(d, f"direct to one instance @{conns}", predict_url(direct_url, model, version),
+                            script, list(args), conns, threads,
+                            description=f"{direct_url}: one service instance, no TLS, no proxy")
+        targets[g] = Target(g, f"through the gateway @{conns}", predict_url(gateway_url, model, version),
+                            script, list(args), conns, threads,
+                            description=f"{gateway_url}: nginx TLS termination, load-balanced over the instances")
+        pairs.append(Pair(g, d))
+        labels[f"{g}/{d}"] = f"gateway/direct @{conns}"
+        goals.append(Goal(f"gateway/direct >= 0.75 at {conns} connections (TLS + proxy cost < 25%)",
+                          _ratio(f"{g}/{d}"), 0.75, True, basis="median ratio"))
+        goals.append(Goal(f"zero errors at {conns} connections", _errors([d, g]), 0.0, False,
+                          basis="HTTP errors + socket errors, all measured runs", must_be_zero=True))
+    top = max(connections)
+    goals.append(Goal(f"p95 through the gateway < 200 ms at {top} connections", _latency(f"gateway@{top}", "95"),
+                      200.0, False, "ms", basis="median over runs"))
+    return Plan("gateway", targets, pairs, [], goals, labels)

@@ -1,0 +1,71 @@
+"""`python -m bench` runs for real against the real service and produces a well-formed report.
+
+Tiny durations (1 s runs, 1 pair): this checks that the harness works, never how fast anything is.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is not installed (make test installs it: apt-get install wrk)")
+    if not (ROOT / "service" / "models" / "iris" / "1").is_dir():
+        pytest.fail("service/models/iris/1 is missing: run `make model`")
+    out = tmp_path_factory.mktemp("bench")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BENCH_", "PREDICTION_"))}
+    proc = subprocess.run([sys.executable, "-m", "bench", "--duration", "1", "--pairs", "1", "--warmup", "1",
+                           "--output", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return proc, out
+
+
+def test_exits_zero_and_prints_the_table(bench_run):
+    proc, _ = bench_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for label in ("(a) baseline", "(b) predict, cache hit", "(c) predict, cache miss", "(d) as (c)"):
+        assert label in proc.stdout
+    assert "goals:" in proc.stdout
+    assert ("PASS" in proc.stdout) or ("MISS" in proc.stdout)
+
+
+def test_json_has_numbers_for_every_scenario(bench_run):
+    proc, out = bench_run
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["mode"] == "service"
+    assert set(doc["scenarios"]) == {"a", "b", "c", "d"}
+    for key, s in doc["scenarios"].items():
+        # the baseline runs before each of the three candidates in every round
+        assert s["runs"] == (3 if key == "a" else 1), key
+        assert s["rps_median"] > 0 and s["requests"] > 0, key
+        for pct in ("50", "95", "99"):
+            assert s["latency_ms_median"][pct] > 0, (key, pct)
+        assert isinstance(s["error_count"], int), key
+    assert set(doc["ratios"]) == {"b/a", "c/a", "d/a", "c/d"}
+    for name, r in doc["ratios"].items():
+        assert r["min"] <= r["median"] <= r["max"] and r["median"] > 0, name
+    assert doc["goals"] and all(isinstance(g["passed"], bool) for g in doc["goals"])
+    # warm-up runs are recorded but not counted
+    assert {r["round"] for r in doc["runs"]} == {0, 1}
+    assert (out / "bench.md").read_text().startswith("Measured ")
+
+
+def test_scenarios_exercise_what_they_claim(bench_run):
+    """The cache-hit run hits, the cache-miss runs miss, and the logging service really logs."""
+    _, out = bench_run
+    doc = json.loads((out / "bench.json").read_text())
+    b, c, d = (doc["scenarios"][k]["probe"] for k in "bcd")
+    hits = lambda p: sum(v for k, v in p.items() if k.startswith("cache_hits_"))  # noqa: E731
+    assert hits(b) > 0.95 * (hits(b) + b["cache_misses"])
+    assert c["cache_misses"] > 0.95 * (hits(c) + c["cache_misses"])
+    assert d["cache_misses"] > 0.95 * (hits(d) + d["cache_misses"])
+    assert doc["database"]["predictions_rows_at_end"] > 0
