@@ -1,0 +1,101 @@
+"""``python -m prediction_service`` serves; ``python -m prediction_service migrate`` applies migrations.
+
+Configuration errors print one line naming the variable and exit with status 2.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: easy to ship and query, no multi-line tracebacks in the stream."""
+
+    def __init__(self, instance: str):
+        super().__init__()
+        self.instance = instance
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+                 "level": record.levelname, "logger": record.name, "instance": self.instance,
+                 "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _setup_logging(level: str, instance: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(instance))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").disabled = True
+
+
+def serve() -> int:
+    from .config import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level, settings.instance)
+
+    import uvloop
+    from aiohttp import web
+
+    from .app import KEEPALIVE_TIMEOUT, create_app
+
+    log = logging.getLogger("prediction_service")
+    app = create_app(settings)
+    if not app_has_models(app):
+        log.error("no model could be loaded from %s; /ready answers 503 until one is", settings.model_path)
+    log.info("serving on http://%s:%d as %s", settings.host, settings.port, settings.instance)
+    # SIGTERM/SIGINT: run_app stops accepting, waits up to shutdown_timeout for in-flight requests,
+    # then runs the cleanup context (which flushes the prediction writer).
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None,
+                keepalive_timeout=KEEPALIVE_TIMEOUT,
+                shutdown_timeout=settings.request_timeout_seconds + 1.0,
+                loop=uvloop.new_event_loop(), print=None, handle_signals=True)
+    log.info("stopped")
+    return 0
+
+
+def app_has_models(app) -> bool:
+    from .state import STATE
+
+    return app[STATE].registry.count > 0
+
+
+def migrate() -> int:
+    from .config import ConfigError, load_database_url, redact_url
+
+    try:
+        dsn = load_database_url()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    from .storage import apply_migrations
+
+    applied = apply_migrations(dsn)
+    target = redact_url(dsn)
+    print(f"applied migrations {', '.join(map(str, applied))} to {target}" if applied
+          else f"database {target} is up to date")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        return serve()
+    if argv == ["migrate"]:
+        return migrate()
+    print("usage: python -m prediction_service [migrate]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,74 @@
+"""The aiohttp application: routes, middlewares, and the resources created once per process."""
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from . import handlers
+from .auth import Authenticator
+from .cache import LocalCache, PredictionCache, RedisTier
+from .config import Settings, redact_url
+from .errors import error_middleware
+from .middleware import guard_middleware, metrics_middleware
+from .models import ModelRegistry, load_models
+from .openapi import build_openapi
+from .state import STATE, ServiceState
+
+log = logging.getLogger(__name__)
+
+# Longer than nginx's default upstream keep-alive (60 s) so the proxy, not us, closes idle
+# connections — otherwise nginx may reuse a connection we are closing and answer 502.
+KEEPALIVE_TIMEOUT = 75.0
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/health", handlers.health, allow_head=False)
+    app.router.add_get("/ready", handlers.ready, allow_head=False)
+    app.router.add_get("/metrics", handlers.metrics_endpoint, allow_head=False)
+    app.router.add_get("/api/openapi.json", handlers.openapi, allow_head=False)
+    app.router.add_get("/api/v1/models", handlers.list_models, allow_head=False)
+    app.router.add_post("/api/v1/models/{name}/predict", handlers.predict)
+
+
+async def _external_clients(app: web.Application):
+    """Redis client and prediction writer: created once at start-up, closed (flushed) at shutdown."""
+    state = app[STATE]
+    s = state.settings
+    state.redis = RedisTier(s.redis_url, s.cache_ttl_seconds)
+    state.cache.shared = state.redis
+    state.redis.start()
+    if s.db_logging:
+        from .storage import PredictionWriter  # the storage package; imported only when logging is on
+        from . import metrics
+
+        state.writer = PredictionWriter(s.timescale_url, instance=s.instance, queue_max=s.db_queue_max,
+                                        flush_interval=s.db_flush_interval_seconds,
+                                        retention_days=s.retention_days, metrics=metrics)
+        await state.writer.start()
+        log.info("prediction log: writing to %s", redact_url(s.timescale_url))
+    try:
+        yield
+    finally:
+        # Runs after the server stopped accepting and in-flight requests finished (aiohttp's
+        # shutdown order), so every prediction answered is in the writer's queue by now.
+        if state.writer is not None:
+            await state.writer.close()
+        await state.redis.close()
+
+
+def create_app(settings: Settings, registry: ModelRegistry | None = None) -> web.Application:
+    """Build the application; models are loaded now (or passed in), network clients on start-up."""
+    if registry is None:
+        registry = load_models(settings.model_path)
+    app = web.Application(middlewares=[metrics_middleware, error_middleware, guard_middleware],
+                          client_max_size=settings.max_body_bytes)
+    doc = build_openapi(registry, settings.max_batch, settings.max_body_bytes)
+    app[STATE] = ServiceState(
+        settings=settings, registry=registry, auth=Authenticator(settings.api_key, settings.jwt_secret),
+        cache=PredictionCache(LocalCache(settings.local_cache_size, settings.cache_ttl_seconds), None),
+        openapi_body=json.dumps(doc).encode())
+    add_routes(app)
+    app.cleanup_ctx.append(_external_clients)
+    return app

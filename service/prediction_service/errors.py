@@ -1,0 +1,68 @@
+"""JSON errors: ``{"error": {"code": "...", "message": "..."}}`` for every non-2xx answer.
+
+Handlers raise :class:`ApiError`; :func:`error_middleware` turns it — and aiohttp's own HTTP
+exceptions (404, 405, 413 …) and anything unexpected — into that shape. Unexpected exceptions are
+logged with their traceback server-side and answered with a generic 500 that leaks nothing; the
+validators are meant to make that path unreachable for any client input.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+# aiohttp's status-only exceptions, mapped to our stable codes.
+_HTTP_CODES = {
+    400: ("bad_request", "the request could not be parsed"),
+    404: ("not_found", "no such endpoint"),
+    405: ("method_not_allowed", "method not allowed on this endpoint"),
+    408: ("request_timeout", "the request body did not arrive in time"),
+    413: ("body_too_large", "request body is too large"),
+    415: ("unsupported_media_type", "unsupported content type"),
+}
+
+
+class ApiError(Exception):
+    """A client-visible error: HTTP status, stable machine code, message saying what is wrong."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def _from_http_exception(exc: web.HTTPException) -> web.Response:
+    code, default_message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
+    message = default_message
+    if exc.status == 405 and isinstance(exc, web.HTTPMethodNotAllowed):
+        message = f"method {exc.method} not allowed; use {', '.join(sorted(exc.allowed_methods))}"
+    elif exc.status == 413 and isinstance(exc, web.HTTPRequestEntityTooLarge):
+        message = exc.text.strip() or default_message
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
+    return error_response(exc.status, code, message, headers or None)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Outermost middleware: every error leaves as JSON, no traceback ever reaches the client."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # redirects etc. pass through untouched
+        return _from_http_exception(exc)
+    except Exception:  # noqa: BLE001 — the last line of defence; validators should make this unreachable
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error; the failure has been logged")

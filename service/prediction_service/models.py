@@ -1,0 +1,236 @@
+"""Load ONNX models from ``<model_path>/<name>/<version>/{model.onnx,metadata.json}`` and run them.
+
+Each version gets one ONNX Runtime session, created at start-up and reused by every request
+(``run()`` is thread-safe and releases the GIL). One intra-op thread and no spinning: the service
+runs one process per instance and several instances may share the host's cores.
+A version that fails to load is reported by name (log, metric, /ready) and the others are served.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from . import metrics
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FEATURE_TYPES = ("number", "integer")
+KINDS = ("classifier", "regressor")
+# Inputs are float32 tensors: a finite float64 beyond this would become inf inside the model.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class ModelLoadError(Exception):
+    """Why one model version could not be loaded (message names the file and the problem)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    name: str
+    type: str  # "number" or "integer"
+
+
+@dataclass(slots=True)
+class Model:
+    """One loaded model version: metadata plus its ONNX Runtime session."""
+
+    name: str
+    version: str
+    kind: str
+    features: tuple[Feature, ...]
+    labels: tuple[str, ...]
+    cache: bool
+    description: str
+    is_default: bool
+    session: ort.InferenceSession = field(repr=False)
+    input_name: str = ""
+    feature_index: dict[str, int] = field(default_factory=dict)
+    # Metric children bound once at load time (a .labels() lookup per request costs more).
+    _inference_hist: object = field(default=None, repr=False)
+    local_hits: object = field(default=None, repr=False)
+    redis_hits: object = field(default=None, repr=False)
+    misses: object = field(default=None, repr=False)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def describe(self) -> dict:
+        """Public description (GET /api/v1/models)."""
+        return {"version": self.version, "kind": self.kind, "description": self.description,
+                "features": [{"name": f.name, "type": f.type} for f in self.features],
+                "labels": list(self.labels), "cache": self.cache}
+
+    def predict(self, rows: list[list[float]]) -> list[dict]:
+        """Run the model on validated feature rows; one result dict per row.
+
+        Classifier result: ``{"label": str, "probabilities": {label: p}}``; regressor: ``{"value": float}``.
+        """
+        x = np.asarray(rows, dtype=np.float32)
+        with self._inference_hist.time():
+            outputs = self.session.run(None, {self.input_name: x})
+        if self.kind == "classifier":
+            label_idx, proba = outputs[0], outputs[1]
+            # float32 → rounded float64 gives short, stable JSON numbers.
+            proba = np.round(proba.astype(np.float64), 6).tolist()
+            labels = self.labels
+            out = []
+            for i, p in zip(label_idx.tolist(), proba):
+                label = labels[i] if isinstance(i, int) and 0 <= i < len(labels) else str(i)
+                out.append({"label": label, "probabilities": dict(zip(labels, p))})
+            return out
+        values = outputs[0].reshape(len(rows), -1)[:, 0]
+        return [{"value": float(str(v))} for v in values]
+
+
+@dataclass
+class ModelRegistry:
+    """Every loaded model version, by name and version, plus the versions that failed to load."""
+
+    models: dict[str, dict[str, Model]] = field(default_factory=dict)
+    default_versions: dict[str, str] = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.models.values())
+
+    def get(self, name: str, version: str | None) -> Model | None:
+        versions = self.models.get(name)
+        if versions is None:
+            return None
+        return versions.get(version if version is not None else self.default_versions[name])
+
+    def describe(self) -> list[dict]:
+        return [{"name": name, "default_version": self.default_versions[name],
+                 "versions": [m.describe() for m in versions.values()]}
+                for name, versions in sorted(self.models.items())]
+
+
+def _version_key(version: str):
+    # Numeric versions sort numerically ("10" after "9"), others lexically after them.
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Busy-waiting threads would steal CPU from the event loop and from neighbour instances.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def load_model(folder: Path) -> Model:
+    """Load one ``<name>/<version>`` folder; raise ModelLoadError saying what is wrong."""
+    name, version = folder.parent.name, folder.name
+    meta_path, onnx_path = folder / "metadata.json", folder / "model.onnx"
+    if not meta_path.is_file():
+        raise ModelLoadError(f"{meta_path} is missing")
+    if not onnx_path.is_file():
+        raise ModelLoadError(f"{onnx_path} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{meta_path} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{meta_path} must hold a JSON object")
+    if str(meta.get("name", name)) != name or str(meta.get("version", version)) != version:
+        raise ModelLoadError(f"{meta_path} says {meta.get('name')}/{meta.get('version')} "
+                             f"but lives in folder {name}/{version}")
+    kind = meta.get("kind")
+    if kind not in KINDS:
+        raise ModelLoadError(f"{meta_path}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    raw_features = meta.get("features")
+    if not isinstance(raw_features, list) or not raw_features:
+        raise ModelLoadError(f"{meta_path}: features must be a non-empty list of {{name, type}}")
+    features = []
+    for f in raw_features:
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("type", "number") not in FEATURE_TYPES:
+            raise ModelLoadError(f"{meta_path}: bad feature {f!r} (need name and type number|integer)")
+        features.append(Feature(f["name"], f.get("type", "number")))
+    names = [f.name for f in features]
+    if len(set(names)) != len(names):
+        raise ModelLoadError(f"{meta_path}: duplicate feature names")
+    if "instances" in names:
+        raise ModelLoadError(f"{meta_path}: 'instances' is reserved for batch requests, rename that feature")
+    labels = meta.get("labels") or []
+    if kind == "classifier" and (not isinstance(labels, list) or not labels):
+        raise ModelLoadError(f"{meta_path}: a classifier needs its output labels")
+    if not isinstance(meta.get("default", False), bool):
+        raise ModelLoadError(f"{meta_path}: default must be true or false")
+    cache = meta.get("cache", True)
+    if not isinstance(cache, bool):
+        raise ModelLoadError(f"{meta_path}: cache must be true or false")
+    try:
+        session = _session(onnx_path)
+    except Exception as exc:  # onnxruntime raises several types for a corrupt or incompatible file
+        raise ModelLoadError(f"{onnx_path} cannot be loaded by ONNX Runtime: {str(exc).splitlines()[0]}") from None
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)":
+        raise ModelLoadError(f"{onnx_path}: expected one float tensor input, got "
+                             f"{[(i.name, i.type) for i in inputs]}")
+    width = inputs[0].shape[-1] if inputs[0].shape else None
+    if isinstance(width, int) and width != len(features):
+        raise ModelLoadError(f"{onnx_path} takes {width} features but metadata lists {len(features)}")
+    n_outputs = len(session.get_outputs())
+    if kind == "classifier" and n_outputs < 2:
+        raise ModelLoadError(f"{onnx_path}: a classifier must output label and probabilities "
+                             "(convert with zipmap off)")
+    if kind == "classifier" and session.get_outputs()[1].type != "tensor(float)":
+        raise ModelLoadError(f"{onnx_path}: probabilities must be a float tensor (convert with zipmap off)")
+    model = Model(name=name, version=version, kind=kind, features=tuple(features),
+                  labels=tuple(str(label) for label in labels), cache=cache,
+                  description=str(meta.get("description", "")),
+                  is_default=meta.get("default", False), session=session,
+                  input_name=inputs[0].name, feature_index={n: i for i, n in enumerate(names)})
+    model._inference_hist = metrics.inference_duration_seconds.labels(model=name, version=version)
+    model.local_hits = metrics.cache_hits_total.labels(model=name, tier="local")
+    model.redis_hits = metrics.cache_hits_total.labels(model=name, tier="redis")
+    model.misses = metrics.cache_misses_total.labels(model=name)
+    # One warm-up call: the first run() allocates; do it now rather than in a user's request.
+    model.predict([[0.0] * len(features)])
+    return model
+
+
+def load_models(model_path: Path) -> ModelRegistry:
+    """Load every ``<name>/<version>`` folder under ``model_path``; failures are logged and kept."""
+    registry = ModelRegistry()
+    folders = sorted(p for p in model_path.glob("*/*") if p.is_dir() and not p.name.startswith("."))
+    for folder in folders:
+        name, version = folder.parent.name, folder.name
+        if name.startswith("."):
+            continue
+        try:
+            if not NAME_RE.match(name) or not NAME_RE.match(version):
+                raise ModelLoadError(f"folder {name}/{version}: names may use letters, digits, '_', '.', '-'")
+            model = load_model(folder)
+        except ModelLoadError as exc:
+            log.error("model %s version %s not loaded: %s", name, version, exc)
+            metrics.model_load_failures_total.labels(model=name).inc()
+            registry.failures.append({"model": name, "version": version, "error": str(exc)})
+            continue
+        registry.models.setdefault(name, {})[version] = model
+        log.info("model %s version %s loaded (%s, %d features, cache %s)", name, version, model.kind,
+                 len(model.features), "on" if model.cache else "off")
+    for name, versions in registry.models.items():
+        # The version marked "default": true in its metadata, else the highest version.
+        marked = [v for v, m in versions.items() if m.is_default]
+        registry.default_versions[name] = max(marked or versions, key=_version_key)
+    metrics.models_loaded.set(registry.count)
+    return registry
+
+
+def is_finite_float32(value: float) -> bool:
+    return math.isfinite(value) and -FLOAT32_MAX <= value <= FLOAT32_MAX

@@ -1,0 +1,29 @@
+"""What the handlers share: settings, models, cache, writer — created once per application."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .auth import Authenticator
+from .cache import PredictionCache, RedisTier
+from .config import Settings
+from .models import ModelRegistry
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    registry: ModelRegistry
+    auth: Authenticator
+    cache: PredictionCache
+    openapi_body: bytes
+    redis: RedisTier | None = None
+    writer: object | None = None  # storage.PredictionWriter when PREDICTION_DB_LOGGING is on
+    in_flight: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+STATE = web.AppKey("state", ServiceState)
+# Set by the predict handler: False while the body is still arriving (a timeout then is a 408).
+BODY_READ = web.RequestKey("body_read", bool)

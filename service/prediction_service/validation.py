@@ -1,0 +1,134 @@
+"""Request parsing and validation for ``POST /api/v1/models/{name}/predict``.
+
+Accepted body (``Content-Type: application/json``, at most PREDICTION_MAX_BODY_BYTES):
+
+- one instance: an object of feature values, e.g. ``{"sepal_length": 5.1, ..., "petal_width": 0.2}``;
+- a batch: ``{"instances": [<instance>, ...]}`` with 1 to PREDICTION_MAX_BATCH instances.
+
+Each instance must have exactly the model's features, each a finite JSON number (``integer``
+features: a JSON integer) within float32 range. Every failure is an ApiError naming the instance
+and feature at fault.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+from .errors import ApiError
+from .models import FLOAT32_MAX, Model
+
+MAX_NAMES_IN_MESSAGE = 5
+
+
+def _short(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _names(names) -> str:
+    names = sorted(names)
+    shown = ", ".join(repr(_short(n)) for n in names[:MAX_NAMES_IN_MESSAGE])
+    return shown + (f" and {len(names) - MAX_NAMES_IN_MESSAGE} more" if len(names) > MAX_NAMES_IN_MESSAGE else "")
+
+
+def _reject_constant(name: str):
+    raise ApiError(422, "non_finite_number", f"{name} is not a valid JSON number; send finite numbers only")
+
+
+def check_content_type(content_type: str) -> None:
+    if content_type != "application/json":
+        got = content_type or "none"
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type must be application/json, got {_short(got)}")
+
+
+def parse_json(body: bytes):
+    """Decode the body as strict JSON (no NaN/Infinity literals)."""
+    if not body:
+        raise ApiError(400, "malformed_json", "request body is empty; send a JSON object")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed_json", "request body is not valid UTF-8") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json",
+                       f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "request body is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal with more digits than Python converts
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {_short(str(exc), 120)}") from None
+
+
+def instances_of(doc, max_batch: int) -> tuple[list, bool]:
+    """The list of instances in the request document, and whether it was a batch."""
+    if not isinstance(doc, dict):
+        raise ApiError(422, "invalid_body",
+                       'body must be a JSON object: one instance of feature values, or {"instances": [...]}')
+    if "instances" not in doc:
+        return [doc], False
+    if len(doc) != 1:
+        extra = [k for k in doc if k != "instances"]
+        raise ApiError(422, "invalid_body", f"a batch body holds only 'instances'; unexpected keys: {_names(extra)}")
+    instances = doc["instances"]
+    if not isinstance(instances, list):
+        raise ApiError(422, "invalid_body", "'instances' must be a list of instance objects")
+    if not instances:
+        raise ApiError(422, "empty_batch", "'instances' is empty; send at least one instance")
+    if len(instances) > max_batch:
+        raise ApiError(422, "batch_too_large",
+                       f"batch has {len(instances)} instances; the limit is {max_batch} per request")
+    return instances, True
+
+
+def feature_row(instance, model: Model, index: int) -> list[float]:
+    """Validate one instance against the model's features; return its values in metadata order."""
+    where = f"instance {index}"
+    if type(instance) is not dict:
+        raise ApiError(422, "invalid_instance", f"{where} must be a JSON object of feature values")
+    feature_index = model.feature_index
+    n = len(feature_index)
+    row = [0.0] * n
+    seen = 0
+    for key, value in instance.items():
+        i = feature_index.get(key)
+        if i is None:
+            unknown = [k for k in instance if k not in feature_index]
+            raise ApiError(422, "unknown_feature",
+                           f"{where}: unknown feature(s) {_names(unknown)}; "
+                           f"model {model.name} v{model.version} takes {_names(feature_index)}")
+        t = type(value)
+        if t is float:
+            if not math.isfinite(value) or not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+                raise ApiError(422, "non_finite_number",
+                               f"{where}: feature {key!r} must be a finite number within float32 range, got {value!r}")
+            if model.features[i].type == "integer" and not value.is_integer():
+                raise ApiError(422, "invalid_feature_type", f"{where}: feature {key!r} must be an integer, got {value!r}")
+        elif t is int:
+            if not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+                raise ApiError(422, "non_finite_number",
+                               f"{where}: feature {key!r} is outside the float32 range")
+            value = float(value)
+        else:
+            raise ApiError(422, "invalid_feature_type",
+                           f"{where}: feature {key!r} must be a number, got {_json_type(value)}")
+        row[i] = value
+        seen += 1
+    if seen != n:
+        missing = [name for name in feature_index if name not in instance]
+        raise ApiError(422, "missing_feature", f"{where}: missing feature(s) {_names(missing)}")
+    return row
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

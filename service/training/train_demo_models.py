@@ -1,0 +1,110 @@
+"""Train the demo models the service ships with, reproducibly, from data sets bundled in scikit-learn.
+
+Writes ``<out>/<name>/<version>/{model.onnx,metadata.json}`` — the layout the service loads from
+``PREDICTION_MODEL_PATH``:
+
+- ``iris/1``: 50-tree RandomForestClassifier (the reference model of the benchmark);
+- ``iris/2``: LogisticRegression on the same features (a second version, served with ``?version=2``);
+- ``diabetes/1``: Ridge regressor, cache off (shows a model configured to bypass the cache).
+
+Fixed seeds make every run produce the same predictions. Training tools (scikit-learn, skl2onnx)
+are development dependencies only; the service image never installs them.
+
+Usage: ``python service/training/train_demo_models.py --out service/models``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+SEED = 20240611
+
+
+def _features(names: list[str]) -> list[dict]:
+    return [{"name": n, "type": "number"} for n in names]
+
+
+def _to_onnx(model, n_features: int, classifier: bool) -> bytes:
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    # zipmap off: probabilities come back as one float tensor, not a list of dicts (much faster to read).
+    options = {id(model): {"zipmap": False}} if classifier else None
+    onx = to_onnx(model, initial_types=[("input", FloatTensorType([None, n_features]))],
+                  options=options, target_opset=17)
+    return onx.SerializeToString()
+
+
+def _write(out: Path, meta: dict, onnx_bytes: bytes) -> Path:
+    folder = out / meta["name"] / meta["version"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(onnx_bytes)
+    (folder / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+def train(out: Path) -> list[Path]:
+    """Train every demo model into ``out``; returns the written model folders."""
+    import numpy as np
+    from sklearn.datasets import load_diabetes, load_iris
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    written = []
+    iris = load_iris()
+    iris_names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    x_iris = iris.data.astype(np.float32)
+    labels = [str(n) for n in iris.target_names]
+
+    forest = RandomForestClassifier(n_estimators=50, max_depth=6, random_state=SEED, n_jobs=1)
+    forest.fit(x_iris, iris.target)
+    written.append(_write(out, {
+        "name": "iris", "version": "1", "kind": "classifier",
+        "description": "Iris species, 50-tree random forest (scikit-learn iris data set)",
+        "features": _features(iris_names), "labels": labels, "cache": True,
+        # The reference model: requests without ?version= get it; v2 is served on request.
+        "default": True,
+        "training": {"algorithm": "RandomForestClassifier", "n_estimators": 50, "seed": SEED,
+                     "train_accuracy": round(float(forest.score(x_iris, iris.target)), 4)},
+    }, _to_onnx(forest, len(iris_names), classifier=True)))
+
+    logreg = LogisticRegression(max_iter=1000, random_state=SEED)
+    logreg.fit(x_iris, iris.target)
+    written.append(_write(out, {
+        "name": "iris", "version": "2", "kind": "classifier",
+        "description": "Iris species, logistic regression (scikit-learn iris data set)",
+        "features": _features(iris_names), "labels": labels, "cache": True,
+        "training": {"algorithm": "LogisticRegression", "seed": SEED,
+                     "train_accuracy": round(float(logreg.score(x_iris, iris.target)), 4)},
+    }, _to_onnx(logreg, len(iris_names), classifier=True)))
+
+    diabetes = load_diabetes()
+    x_diab = diabetes.data.astype(np.float32)
+    ridge = Ridge(alpha=0.5, random_state=SEED)
+    ridge.fit(x_diab, diabetes.target)
+    written.append(_write(out, {
+        "name": "diabetes", "version": "1", "kind": "regressor",
+        "description": "Diabetes disease progression after one year, ridge regression "
+                       "(scikit-learn diabetes data set; features are standardised)",
+        "features": _features(list(diabetes.feature_names)), "labels": [],
+        # A linear model costs less to evaluate than a cache lookup: serve it uncached.
+        "cache": False,
+        "training": {"algorithm": "Ridge", "alpha": 0.5, "seed": SEED,
+                     "train_r2": round(float(ridge.score(x_diab, diabetes.target)), 4)},
+    }, _to_onnx(ridge, x_diab.shape[1], classifier=False)))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="model folder (PREDICTION_MODEL_PATH)")
+    args = parser.parse_args(argv)
+    for folder in train(args.out):
+        print(f"wrote {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
