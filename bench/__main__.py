@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the service to one CPU and wrk to another with taskset")
     p.add_argument("--markdown", action="store_true", help="print the Markdown tables instead of the console table")
+    p.add_argument("--profile", choices=["b", "c", "d"], default=None,
+                   help="instead of the benchmark: one run of this scenario with the service under pyinstrument; "
+                        "writes bench-results/profile-<scenario>.{txt,html,pyisession}")
     g = p.add_argument_group("gateway mode (issue 5; needs the local environment of `make up`)")
     g.add_argument("--gateway", metavar="URL", help="gateway base URL, e.g. https://localhost:8443")
     g.add_argument("--direct", metavar="URL", help="one instance's base URL, e.g. http://127.0.0.1:8001")
@@ -119,7 +122,7 @@ def _check(url: str, api_key: str, body: str, what: str, insecure_tls: bool = Fa
 
 
 def run_service_mode(args, log) -> tuple[dict, str]:
-    from .environment import ServiceEnvironment, describe_models, metrics_probe, model_features
+    from .environment import ServiceEnvironment, combine, cpu_probe, describe_models, metrics_probe, model_features
     service_cpus, wrk_cpus = _cpus(args.no_pin)
     if not (ROOT / "service" / "models").is_dir():
         raise BenchError("service/models is missing: run `make model` first (make bench does)")
@@ -137,8 +140,10 @@ def run_service_mode(args, log) -> tuple[dict, str]:
             baseline_url=baseline.url, logging_url=logging_on.url, nolog_url=logging_off.url, api_key=env.api_key,
             model=args.model, version=args.version, features=features, feature_range=args.feature_range,
             connections=args.connections, threads=args.threads,
-            probes={"b": metrics_probe(logging_on.url, args.model), "c": metrics_probe(logging_on.url, args.model),
-                    "d": metrics_probe(logging_off.url, args.model)})
+            probes={"a": cpu_probe(baseline.proc.pid),
+                    "b": combine(metrics_probe(logging_on.url, args.model), cpu_probe(logging_on.proc.pid)),
+                    "c": combine(metrics_probe(logging_on.url, args.model), cpu_probe(logging_on.proc.pid)),
+                    "d": combine(metrics_probe(logging_off.url, args.model), cpu_probe(logging_off.proc.pid))})
         _announce(plan, args, log, service_cpus, wrk_cpus)
         runs = interleave(plan.targets, plan.pairs, args.pairs, args.duration, args.warmup, cpus=wrk_cpus, log=log)
         rows = env.db_rows()
@@ -153,7 +158,10 @@ def run_gateway_mode(args, log) -> tuple[dict, str]:
     api_key = args.api_key or os.environ.get("PREDICTION_API_KEY")
     if not api_key:
         raise BenchError("gateway mode needs the API key of the running environment: --api-key or PREDICTION_API_KEY")
-    features = model_features(describe_models(args.direct, api_key), args.model, args.version)
+    try:
+        features = model_features(describe_models(args.direct, api_key), args.model, args.version)
+    except OSError as exc:
+        raise BenchError(f"{args.direct} does not answer ({exc}); is the local environment up (make up)?") from None
     body = instance_body(features)
     _check(predict_url(args.direct, args.model, args.version), api_key, body, "direct")
     _check(predict_url(args.gateway, args.model, args.version), api_key, body, "gateway", insecure_tls=True)
@@ -167,6 +175,41 @@ def run_gateway_mode(args, log) -> tuple[dict, str]:
     settings.update(gateway=args.gateway, direct=args.direct, random_instances=args.random)
     extra = {"model": {"name": args.model, "version": args.version, "features": features}}
     return report.build_results(plan, runs, settings, extra), "bench-gateway"
+
+
+def run_profile_mode(args, log) -> int:
+    """One warm-up and one measured run of a scenario against a service under pyinstrument."""
+    import subprocess
+    from .environment import ServiceEnvironment, describe_models, model_features
+    from .runner import run_wrk
+    service_cpus, wrk_cpus = _cpus(args.no_pin)
+    args.output.mkdir(parents=True, exist_ok=True)
+    session = (args.output / f"profile-{args.profile}.pyisession").resolve()
+    logging_on = "false" if args.profile == "d" else "true"
+    with ServiceEnvironment(logdir=args.output / "logs", service_cpus=service_cpus, log=log) as env:
+        svc = env.start_service(f"service-profile-{args.profile}", profile_to=session,
+                                PREDICTION_DB_LOGGING=logging_on)
+        features = model_features(describe_models(svc.url, env.api_key), args.model, args.version)
+        plan = service_plan(baseline_url=svc.url, logging_url=svc.url, nolog_url=svc.url, api_key=env.api_key,
+                            model=args.model, version=args.version, features=features,
+                            feature_range=args.feature_range, connections=args.connections[:1],
+                            threads=args.threads)
+        target = plan.targets[args.profile]
+        for round_no, secs in ((0, args.warmup), (1, args.duration)):
+            if secs:
+                run = run_wrk(target, secs, round_no, cpus=wrk_cpus)
+                log(f"  {'warm-up' if round_no == 0 else 'profiled'}: {run.rps:.0f} req/s, "
+                    f"p99 {run.latency_ms['99']:.2f} ms, errors {run.error_count}")
+        rc = env.stop(svc)
+        if rc != 0 or not session.exists():
+            raise BenchError(f"the profiled service exited with {rc} and wrote no profile; log {svc.logfile}")
+    pyi = [sys.executable, "-m", "pyinstrument", "--load", str(session)]
+    txt, html = session.with_suffix(".txt"), session.with_suffix(".html")
+    subprocess.run(pyi + ["-r", "text", "--no-color", "-o", str(txt),
+                          "-p", "processor_options.filter_threshold=0.005"], check=True)
+    subprocess.run(pyi + ["-r", "html", "-o", str(html)], check=True)
+    log(f"wrote {txt}, {html} (open in a browser) and {session}")
+    return 0
 
 
 def _settings(args, service_cpus, wrk_cpus) -> dict:
@@ -190,9 +233,15 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr if args.markdown else sys.stdout, flush=True)
 
     from .environment import StartError
+    if args.profile:
+        try:
+            return run_profile_mode(args, log)
+        except (BenchError, StartError, OSError) as exc:
+            print(f"bench: no profile: {exc}", file=sys.stderr)
+            return 1
     try:
         results, stem = (run_gateway_mode if args.gateway else run_service_mode)(args, log)
-    except (BenchError, StartError) as exc:
+    except (BenchError, StartError, OSError) as exc:  # OSError: a URL that does not answer
         print(f"bench: no numbers: {exc}", file=sys.stderr)
         return 1
     js, md = report.write_results(results, args.output, stem)

@@ -67,6 +67,34 @@ def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
     return out
 
 
+def cpu_probe(pid: int):
+    """A probe reading the CPU seconds (user + system) one process has used so far.
+
+    CPU per request is far steadier than req/s on a shared machine: time spent waiting for a CPU
+    does not count. It covers only that process (not PostgreSQL, Redis or wrk).
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def probe() -> dict[str, float]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return {}
+        return {"server_cpu_s": (int(fields[11]) + int(fields[12])) / ticks}  # utime, stime
+
+    return probe
+
+
+def combine(*probes):
+    """One probe returning the union of several probes' readings."""
+    def probe() -> dict[str, float]:
+        out: dict[str, float] = {}
+        for p in probes:
+            out.update(p())
+        return out
+    return probe
+
+
 def metrics_probe(base_url: str, model: str):
     """A probe for runner.Target: counters of the service that tell what a run really exercised."""
     prefix = "prediction_service_"
@@ -198,13 +226,34 @@ class ServiceEnvironment:
         raise StartError(f"{p.name} not ready on {p.url}{path} after {timeout:g}s (last: {last}); "
                                 f"log {p.logfile}:\n{p.log_tail()}")
 
-    def start_service(self, name: str, **settings: str) -> Process:
-        """One ``python -m prediction_service`` with extra PREDICTION_* settings; waits for /ready."""
+    def start_service(self, name: str, profile_to: Path | None = None, **settings: str) -> Process:
+        """One ``python -m prediction_service`` with extra PREDICTION_* settings; waits for /ready.
+
+        ``profile_to``: run it under pyinstrument, which saves a session there when the process
+        stops (SIGTERM makes aiohttp shut down cleanly, so the profile is written).
+        """
         port = free_port()
         self.log(f"==> starting service '{name}' on 127.0.0.1:{port}"
-                 + (f" ({', '.join(f'{k}={v}' for k, v in settings.items())})" if settings else ""))
-        return self._spawn(name, [sys.executable, "-m", "prediction_service"],
-                           self._service_env(port, settings), port, "/ready")
+                 + (f" ({', '.join(f'{k}={v}' for k, v in settings.items())})" if settings else "")
+                 + (" under pyinstrument" if profile_to else ""))
+        argv = [sys.executable, "-m", "prediction_service"]
+        if profile_to is not None:
+            argv = [sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(profile_to),
+                    "-m", "prediction_service"]
+        return self._spawn(name, argv, self._service_env(port, settings), port, "/ready")
+
+    def stop(self, p: Process, timeout: float = 60.0) -> int:
+        """Stop one process (SIGTERM, then SIGKILL after ``timeout``); returns its exit status."""
+        if p.proc.poll() is None:
+            p.proc.send_signal(signal.SIGTERM)
+            try:
+                p.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.proc.kill()
+                p.proc.wait()
+        if p in self.processes:
+            self.processes.remove(p)
+        return p.proc.returncode
 
     def start_baseline(self) -> Process:
         port = free_port()

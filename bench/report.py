@@ -22,6 +22,8 @@ def build_results(plan: Plan, runs: list[Run], settings: dict, extra: dict | Non
         s = summarise(runs, key)
         s.update(label=t.label, description=t.description, connections=t.connections, threads=t.threads,
                  script=t.script, url=t.url)
+        cpu = s["probe"].get("server_cpu_s")
+        s["server_cpu_us_per_request"] = 1e6 * cpu / s["requests"] if cpu else None
         scenarios[key] = s
     ratios = {}
     for pair in plan.pairs:
@@ -29,9 +31,14 @@ def build_results(plan: Plan, runs: list[Run], settings: dict, extra: dict | Non
         ratios[name] = {**ratio_summary(pair_ratios(runs, pair)), "label": plan.ratio_labels.get(name, name),
                         "how": "candidate / the baseline run right before it, per round"}
         scenarios[pair.candidate]["ratio"] = name
+        cb, cc = (scenarios[k]["server_cpu_us_per_request"] for k in (pair.baseline, pair.candidate))
+        # What the req/s ratio would be if the server's CPU were the only limit (a quiet machine).
+        ratios[name]["cpu_estimate"] = cb / cc if cb and cc else None
     for name, num, den in plan.extra_ratios:
         ratios[name] = {**ratio_summary(round_ratios(runs, num, den)), "label": plan.ratio_labels.get(name, name),
                         "how": "per round, the two runs of the same round"}
+        cn, cd = (scenarios[k]["server_cpu_us_per_request"] for k in (num, den))
+        ratios[name]["cpu_estimate"] = cd / cn if cn and cd else None
     results = {
         "mode": plan.mode,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -78,13 +85,15 @@ def _rows(results: dict) -> list[list[str]]:
         rows.append([
             s["label"], f"{s['rps_median']:,.0f}", f"{s['rps_min']:,.0f}–{s['rps_max']:,.0f}",
             f"{lat['50']:.2f}", f"{lat['95']:.2f}", f"{lat['99']:.2f}", str(s["error_count"]),
-            _cache_text(s.get("probe", {})), _ratio_for(results, key),
+            _cache_text(s.get("probe", {})),
+            f"{s['server_cpu_us_per_request']:.0f}" if s.get("server_cpu_us_per_request") else "-",
+            _ratio_for(results, key),
         ])
     return rows
 
 
 HEADER = ["scenario", "req/s (median)", "req/s min–max", "p50 ms", "p95 ms", "p99 ms", "errors",
-          "cache hits", "ratio vs baseline: median [min–max]"]
+          "cache hits", "server CPU µs/req", "ratio vs baseline: median [min–max]"]
 
 
 def _goal_line(g: dict) -> str:
@@ -101,7 +110,7 @@ def _goal_line(g: dict) -> str:
 def console(results: dict) -> str:
     rows = [HEADER] + _rows(results)
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    right = {1, 2, 3, 4, 5, 6, 7}
+    right = {1, 2, 3, 4, 5, 6, 7, 8}
     lines = []
     for n, r in enumerate(rows):
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
@@ -112,7 +121,11 @@ def console(results: dict) -> str:
     lines.append("ratios (req/s, interleaved in the same run):")
     for name, r in results["ratios"].items():
         vals = ", ".join(f"{v:.2f}" for v in r["values"])
-        lines.append(f"  {r['label']:<36} median {r['median']:.2f}  spread {r['min']:.2f}–{r['max']:.2f}  ({vals})")
+        est = f"  CPU-cost estimate {r['cpu_estimate']:.2f}" if r.get("cpu_estimate") else ""
+        lines.append(f"  {r['label']:<36} median {r['median']:.2f}  spread {r['min']:.2f}–{r['max']:.2f}  ({vals}){est}")
+    if any(r.get("cpu_estimate") for r in results["ratios"].values()):
+        lines.append("  (CPU-cost estimate: the ratio of the server processes' CPU time per request — what the req/s")
+        lines.append("   ratio would be if that CPU were the only limit; PostgreSQL/Redis/wrk CPU not included)")
     lines.append("")
     lines.append("goals:")
     lines += [f"  {_goal_line(g)}" for g in results["goals"]]
@@ -127,12 +140,15 @@ def markdown(results: dict) -> str:
            + (f", service pinned to CPU {st['service_cpus']}, wrk to CPU {st['wrk_cpus']}"
               if st.get("service_cpus") is not None else "") + ".", ""]
     out.append("| " + " | ".join(HEADER) + " |")
-    out.append("|" + "|".join(["---"] + ["---:"] * 7 + ["---"]) + "|")
+    out.append("|" + "|".join(["---"] + ["---:"] * 8 + ["---"]) + "|")
     out += ["| " + " | ".join(r) + " |" for r in _rows(results)]
     out.append("")
-    out.append("| ratio | median | spread (min–max) |")
-    out.append("|---|---:|---:|")
-    out += [f"| {r['label']} | {r['median']:.2f} | {r['min']:.2f}–{r['max']:.2f} |" for r in results["ratios"].values()]
+    out.append("| ratio | median | spread (min–max) | CPU-cost estimate |")
+    out.append("|---|---:|---:|---:|")
+    out += [f"| {r['label']} | {r['median']:.2f} | {r['min']:.2f}–{r['max']:.2f} | "
+            f"{r['cpu_estimate']:.2f} |" if r.get("cpu_estimate") else
+            f"| {r['label']} | {r['median']:.2f} | {r['min']:.2f}–{r['max']:.2f} | - |"
+            for r in results["ratios"].values()]
     out.append("")
     out.append("| goal | verdict | measured |")
     out.append("|---|---|---|")
