@@ -1,0 +1,105 @@
+"""nginx gateway: TLS termination and load balancing over every service replica."""
+from __future__ import annotations
+
+import pulumi
+import pulumi_docker as docker
+import pulumi_tls as tls
+
+import templates
+from config import PlatformConfig
+from network import Networks
+from service import PredictionService
+
+# Inside the container nginx always listens on the standard ports; the stack decides what the host publishes.
+HTTPS_PORT = 443
+HTTP_PORT = 80
+TLS_DIR = "/etc/nginx/tls"
+
+
+def nginx_variables(cfg: PlatformConfig, upstream_servers: list[str]) -> dict:
+    """Template variables of roles/nginx_gateway/templates/nginx.conf.j2 for the container."""
+    g = cfg.gateway
+    return {
+        "nginx_user": "nginx",
+        "nginx_pid_path": "/var/run/nginx.pid",
+        "nginx_error_log": "stderr",
+        "nginx_access_log": "/dev/stdout",
+        "nginx_temp_dir": "/var/cache/nginx",
+        "nginx_server_name": g.serverName,
+        "nginx_https_port": HTTPS_PORT,
+        "nginx_http_port": HTTP_PORT,
+        "nginx_https_redirect_port": g.httpsPort,
+        "nginx_ssl_certificate": f"{TLS_DIR}/server.crt",
+        "nginx_ssl_certificate_key": f"{TLS_DIR}/server.key",
+        "nginx_upstream_servers": upstream_servers,
+        "nginx_upstream_keepalive": g.upstreamKeepalive,
+        "nginx_next_upstream_tries": g.nextUpstreamTries,
+        "nginx_client_max_body_size": g.clientMaxBodySize,
+        "nginx_proxy_read_timeout": g.proxyReadTimeout,
+    }
+
+
+class Gateway(pulumi.ComponentResource):
+    """nginx on the app network only, publishing ``gateway.httpsPort``/``httpPort`` on the host.
+
+    The certificate comes from the ``tlsCert``/``tlsKey`` secrets when set, else a self-signed one is
+    generated with pulumi-tls. Outputs: ``url`` (https), ``nginx_conf`` (the rendered configuration).
+    """
+
+    def __init__(self, name: str, cfg: PlatformConfig, networks: Networks, service: PredictionService,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("prediction:gateway:Gateway", name, None, opts)
+        child_opts = pulumi.ResourceOptions(parent=self)
+        g = cfg.gateway
+
+        if cfg.secrets.tlsCert is not None and cfg.secrets.tlsKey is not None:
+            cert_pem = cfg.secrets.tlsCert
+            key_pem = pulumi.Output.secret(cfg.secrets.tlsKey)
+        else:
+            key = tls.PrivateKey(f"{name}-tls-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child_opts)
+            cert = tls.SelfSignedCert(
+                f"{name}-tls-cert",
+                private_key_pem=key.private_key_pem,
+                subject=tls.SelfSignedCertSubjectArgs(common_name=g.serverName, organization="prediction-platform"),
+                dns_names=sorted({g.serverName, "localhost"}),
+                validity_period_hours=g.selfSignedValidityHours,
+                early_renewal_hours=24 * 30,
+                allowed_uses=["key_encipherment", "digital_signature", "server_auth"],
+                opts=child_opts,
+            )
+            cert_pem = cert.cert_pem
+            # The provider marks private_key_pem secret itself; saying so here keeps it secret regardless.
+            key_pem = pulumi.Output.secret(key.private_key_pem)
+
+        upstreams = pulumi.Output.all(*[r.name for r in service.replicas]).apply(
+            lambda names: [f"{n}:{service.port}" for n in names])
+        self.nginx_conf = upstreams.apply(
+            lambda servers: templates.render(templates.NGINX_CONF, **nginx_variables(cfg, servers)))
+
+        image = docker.RemoteImage(f"{name}-image", name=f"{g.image}:{g.tag}", keep_locally=True, opts=child_opts)
+        self.container = docker.Container(
+            f"{name}-container",
+            name=cfg.physical("gateway"),
+            image=image.image_id,
+            uploads=[
+                docker.ContainerUploadArgs(file="/etc/nginx/nginx.conf", content=self.nginx_conf),
+                docker.ContainerUploadArgs(file=f"{TLS_DIR}/server.crt", content=cert_pem),
+                docker.ContainerUploadArgs(file=f"{TLS_DIR}/server.key", content=key_pem, permissions="0600"),
+            ],
+            ports=[
+                docker.ContainerPortArgs(internal=HTTPS_PORT, external=g.httpsPort, ip=g.bindAddress),
+                docker.ContainerPortArgs(internal=HTTP_PORT, external=g.httpPort, ip=g.bindAddress),
+            ],
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.app.name)],
+            healthcheck=docker.ContainerHealthcheckArgs(
+                tests=["CMD-SHELL", "kill -0 \"$(cat /var/run/nginx.pid)\""],
+                interval="10s", timeout="3s", retries=3, start_period="5s"),
+            restart="unless-stopped",
+            wait=True,
+            labels=[docker.ContainerLabelArgs(label="com.prediction.stack", value=cfg.stack),
+                    docker.ContainerLabelArgs(label="com.prediction.component", value="gateway")],
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )
+        port_suffix = "" if g.httpsPort == 443 else f":{g.httpsPort}"
+        self.url = pulumi.Output.from_input(f"https://{g.serverName}{port_suffix}/")
+        self.register_outputs({"url": self.url, "container_name": self.container.name})

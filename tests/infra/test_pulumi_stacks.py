@@ -1,0 +1,416 @@
+"""The real Pulumi program (infra/) run under mocks once per real stack file (Pulumi.<stack>.yaml).
+
+Each stack runs in its own interpreter (stack_runner.py) exactly as the CLI runs the program:
+cwd infra/, infra/ first on sys.path, __main__.py executed, preview off so every output is known.
+Expected values come from the stack files themselves plus the numbers the platform promises
+(replicas 1/2/3; prod limits 1 CPU / 1024 MB), so editing a stack file changes what is checked.
+"""
+from __future__ import annotations
+
+import re
+import urllib.parse
+
+import pytest
+import yaml
+
+from pulumi_graph import (CONTAINER, IMAGE, NETWORK, REMOTE_IMAGE, ROOT, STACKS, VOLUME, Graph, ProgramFailed,
+                          is_secret, plain_strings, reveal, run_stack, stack_file)
+
+EXPECTED_REPLICAS = {"dev": 1, "staging": 2, "prod": 3}
+SERVICE_PORT = 8000
+DATA_CONTAINERS = ("database-container", "cache-container")
+APP_ONLY_CONTAINERS = ("gateway-container", "monitoring-prometheus", "monitoring-grafana")
+COMPONENT_TYPES = {
+    "network": "prediction:network:Networks",
+    "database": "prediction:database:Database",
+    "cache": "prediction:cache:Cache",
+    "service": "prediction:service:PredictionService",
+    "gateway": "prediction:gateway:Gateway",
+    "monitoring": "prediction:monitoring:Monitoring",
+}
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def stack(request, tmp_path_factory) -> tuple[str, Graph, dict]:
+    name = request.param
+    try:
+        graph = run_stack(name, tmp_path_factory.mktemp(f"stack-{name}"))
+    except ProgramFailed as exc:
+        pytest.fail(f"infra/__main__.py failed for stack {name}:\n{exc}")
+    return name, graph, stack_file(name)
+
+
+def prefix(graph: Graph, cfg: dict) -> str:
+    return cfg.get("namePrefix", f"prediction-{graph.stack}")
+
+
+# --- structure --------------------------------------------------------------------------------------------
+
+def test_logical_and_docker_names_are_unique(stack):
+    _, graph, _ = stack
+    keys = [(r.type, r.name) for r in graph.resources]
+    assert len(keys) == len(set(keys)), f"duplicate logical names: {sorted(k for k in keys if keys.count(k) > 1)}"
+    assert len(graph.urns) == len(set(graph.urns))
+    for typ in (CONTAINER, NETWORK, VOLUME):
+        names = [r.get("name") for r in graph.of_type(typ)]
+        assert all(names), f"every {typ} gets an explicit Docker name"
+        assert len(names) == len(set(names)), f"duplicate Docker names for {typ}: {names}"
+
+
+def test_one_component_per_module_with_children_parented_and_prefixed(stack):
+    _, graph, _ = stack
+    components = {r.name: r.type for r in graph.resources if not r.custom}
+    assert components == COMPONENT_TYPES
+    for r in graph.resources:
+        if not r.custom:
+            continue
+        urn = next(u for u in graph.urns if u.endswith(f"${r.type}::{r.name}"))
+        parent_type = urn.split("::")[2].split("$")[0]
+        owner = r.name.split("-", 1)[0]
+        assert parent_type == COMPONENT_TYPES[owner], f"{r.name} should be a child of the {owner} component: {urn}"
+
+
+def test_resource_counts_follow_replicas(stack):
+    name, graph, cfg = stack
+    replicas = cfg["service"]["replicas"]
+    assert replicas == EXPECTED_REPLICAS[name], f"Pulumi.{name}.yaml should run {EXPECTED_REPLICAS[name]} replicas"
+    assert len(graph.replicas()) == replicas
+    # database, cache, gateway, prometheus, grafana + the replicas
+    assert len(graph.of_type(CONTAINER)) == 5 + replicas
+    assert len(graph.of_type(NETWORK)) == 2
+    assert len(graph.of_type(IMAGE)) == 1, "one service image, shared by every replica"
+    assert [r.get("name") for r in graph.replicas()] == [f"{prefix(graph, cfg)}-service-{i}"
+                                                         for i in range(1, replicas + 1)]
+
+
+# --- images -----------------------------------------------------------------------------------------------
+
+def test_images_and_tags_come_from_the_stack_file(stack):
+    name, graph, cfg = stack
+    db, cache, gw, mon = cfg["database"], cfg["cache"], cfg["gateway"], cfg["monitoring"]
+    expected = {
+        "database-container": f"{db.get('image', 'timescale/timescaledb')}:{db['tag']}",
+        "cache-container": f"{cache.get('image', 'redis')}:{cache['tag']}",
+        "gateway-container": f"{gw.get('image', 'nginx')}:{gw['tag']}",
+        "monitoring-prometheus": f"prom/prometheus:{mon['prometheusTag']}",
+        "monitoring-grafana": f"grafana/grafana:{mon['grafanaTag']}",
+    }
+    assert expected["database-container"].startswith("timescale/timescaledb:")
+    for container, ref in expected.items():
+        assert graph.container(container).get("image") == graph.remote_image_id(ref), container
+    if name in ("staging", "prod"):
+        for container, ref in expected.items():
+            tag = ref.rsplit(":", 1)[1]
+            assert "latest" not in tag and re.search(r"\d+\.\d+", tag), f"{name}: {container} must be pinned, got {ref}"
+
+
+def test_service_image_is_built_locally_from_the_service_dockerfile(stack):
+    _, graph, _ = stack
+    image = graph.of_type(IMAGE)[0]
+    build = image.get("build")
+    infra = ROOT / "infra"
+    assert (infra / build["context"]).resolve() == ROOT / "service"
+    assert (infra / build["dockerfile"]).resolve() == ROOT / "service/Dockerfile"
+    assert image.get("skipPush") is True
+    for replica in graph.replicas():
+        # repo_digest (name@sha256:...) changes on every rebuild; image_name would not.
+        assert replica.get("image").startswith(f"{image.get('imageName')}@sha256:")
+
+
+# --- runtime settings -------------------------------------------------------------------------------------
+
+def test_restart_policies(stack):
+    _, graph, _ = stack
+    for replica in graph.replicas():
+        assert replica.get("restart") == "on-failure"
+    for name in DATA_CONTAINERS + APP_ONLY_CONTAINERS:
+        assert graph.container(name).get("restart") == "unless-stopped", name
+
+
+def test_replica_limits_follow_the_stack_file(stack):
+    name, graph, cfg = stack
+    svc = cfg["service"]
+    if name == "prod":
+        assert float(svc["cpus"]) == 1 and svc["memoryMb"] == 1024, "prod replicas: 1 CPU, 1 GiB (the brief)"
+    for replica in graph.replicas():
+        if "cpus" in svc:
+            assert float(replica.get("cpus")) == float(svc["cpus"])
+        else:
+            assert replica.get("cpus") is None
+        assert replica.get("memory") == svc.get("memoryMb")
+
+
+def test_healthchecks(stack):
+    _, graph, cfg = stack
+    db = graph.container("database-container").get("healthcheck")
+    assert "pg_isready" in " ".join(db["tests"]) and "prediction_user" in " ".join(db["tests"])
+    assert graph.container("cache-container").get("healthcheck")["tests"][-1] == "ping"
+    for replica in graph.replicas():
+        probe = " ".join(replica.get("healthcheck")["tests"])
+        assert f"127.0.0.1:{SERVICE_PORT}/health" in probe
+        assert replica.get("wait") is True, "pulumi up waits for healthy replicas before the gateway"
+
+
+# --- ports and networks -----------------------------------------------------------------------------------
+
+def test_ports_published_only_where_intended(stack):
+    name, graph, cfg = stack
+    gw = graph.container("gateway-container")
+    assert {(p["internal"], p["external"]) for p in gw.ports()} == {
+        (443, cfg["gateway"]["httpsPort"]), (80, cfg["gateway"]["httpPort"])}
+    if name in ("staging", "prod"):
+        assert cfg["gateway"]["httpsPort"] == 443 and cfg["gateway"]["httpPort"] == 80
+    for replica in graph.replicas():
+        assert replica.ports() == [], "replicas are reached through the gateway only"
+    for container, section in (("database-container", "database"), ("cache-container", "cache")):
+        ports = graph.container(container).ports()
+        host_port = cfg[section].get("hostPort")
+        if name in ("staging", "prod"):
+            assert host_port is None and ports == [], f"{name}: {container} must not be published"
+        elif host_port is None:
+            assert ports == []
+        else:
+            assert [(p["external"], p["ip"]) for p in ports] == [(host_port, "127.0.0.1")], \
+                "dev data ports are for local tools only: loopback"
+    for container in ("monitoring-prometheus", "monitoring-grafana"):
+        assert {p["ip"] for p in graph.container(container).ports()} == {cfg["monitoring"].get("bindAddress", "127.0.0.1")}
+
+
+def test_networks_per_container(stack):
+    name, graph, cfg = stack
+    p = prefix(graph, cfg)
+    app, data = f"{p}-app", f"{p}-data"
+    nets = {r.get("name"): r for r in graph.of_type(NETWORK)}
+    assert set(nets) == {app, data}
+    assert nets[app].get("internal") is False
+    assert nets[data].get("internal") is cfg["network"]["dataInternal"]
+    if name in ("staging", "prod"):
+        assert nets[data].get("internal") is True, f"{name}: the data network must be internal"
+    for container in DATA_CONTAINERS:
+        assert graph.container(container).networks() == {data}, f"{container}: data layer only on the data network"
+    for replica in graph.replicas():
+        assert replica.networks() == {app, data}
+    for container in APP_ONLY_CONTAINERS:
+        assert graph.container(container).networks() == {app}, f"{container} must not reach the data layer"
+
+
+# --- data layer -------------------------------------------------------------------------------------------
+
+def test_database_container(stack):
+    _, graph, cfg = stack
+    db = graph.container("database-container")
+    command = db.get("command")
+    assert command[:3] == ["postgres", "-c", "listen_addresses=*"]
+    for key, value in cfg["database"].get("settings", {}).items():
+        assert f"{key}={value}" in command
+    env = db.env()
+    assert env["POSTGRES_USER"] == "prediction_user" and env["POSTGRES_DB"] == "prediction_db"
+    assert env["TIMESCALEDB_TELEMETRY"] == "off"
+    assert env["POSTGRES_PASSWORD"]
+    volume = graph.one(VOLUME, "database-data").get("name")
+    assert db.get("volumes") == [{"volumeName": volume, "containerPath": "/var/lib/postgresql/data"}]
+    migrations = sorted((ROOT / "service/migrations").glob("*.sql"))
+    assert migrations, "service/migrations/*.sql should exist (storage engineer's files)"
+    uploads = db.get("uploads")
+    assert [u["file"] for u in uploads] == [f"/docker-entrypoint-initdb.d/{m.name}" for m in migrations]
+    assert [u["content"] for u in uploads] == [m.read_text() for m in migrations]
+
+
+def test_cache_container(stack):
+    _, graph, cfg = stack
+    c = cfg["cache"]
+    command = graph.container("cache-container").get("command")
+    flags = dict(zip(command[1::2], command[2::2]))
+    assert command[0] == "redis-server"
+    assert flags["--maxmemory"] == c["maxmemory"]
+    assert flags["--maxmemory-policy"] == c.get("maxmemoryPolicy", "allkeys-lru") == "allkeys-lru"
+    assert flags["--timeout"] == str(c.get("timeout", 300)) == "300"
+    assert flags["--tcp-keepalive"] == str(c.get("tcpKeepalive", 60)) == "60"
+    volume = graph.one(VOLUME, "cache-data").get("name")
+    assert graph.container("cache-container").get("volumes") == [{"volumeName": volume, "containerPath": "/data"}]
+
+
+# --- service wiring ---------------------------------------------------------------------------------------
+
+def test_service_env_points_at_database_and_cache_containers(stack):
+    _, graph, cfg = stack
+    db = graph.container("database-container")
+    cache = graph.container("cache-container")
+    db_password = db.env()["POSTGRES_PASSWORD"]
+    for replica in graph.replicas():
+        env = replica.env()
+        url = urllib.parse.urlsplit(env["PREDICTION_TIMESCALE_URL"])
+        assert url.scheme == "postgresql"
+        assert url.hostname == db.get("name") and url.port == 5432
+        assert url.username == db.env()["POSTGRES_USER"] and url.path == f"/{db.env()['POSTGRES_DB']}"
+        assert urllib.parse.unquote(url.password) == db_password
+        redis = urllib.parse.urlsplit(env["PREDICTION_REDIS_URL"])
+        assert (redis.scheme, redis.hostname, redis.port, redis.path) == ("redis", cache.get("name"), 6379, "/0")
+        assert env["PREDICTION_INSTANCE"] == replica.get("name")
+        assert env["PREDICTION_PORT"] == str(SERVICE_PORT)
+        assert env["PREDICTION_API_KEY"] and env["PREDICTION_JWT_SECRET"]
+        assert env["PREDICTION_MODEL_PATH"] in [v["containerPath"] for v in replica.get("volumes")]
+        assert all(k.startswith("PREDICTION_") for k in env)
+
+
+# --- gateway ----------------------------------------------------------------------------------------------
+
+def nginx_conf(graph: Graph) -> str:
+    return graph.container("gateway-container").upload("/etc/nginx/nginx.conf")
+
+
+def test_nginx_upstream_lists_exactly_the_replicas(stack):
+    _, graph, _ = stack
+    conf = nginx_conf(graph)
+    upstream = re.search(r"upstream prediction_backend \{(.*?)\}", conf, re.S).group(1)
+    servers = re.findall(r"^\s*server\s+(\S+)", upstream, re.M)
+    assert servers == [f"{r.get('name')}:{SERVICE_PORT}" for r in graph.replicas()]
+    assert re.search(r"^\s*keepalive \d+;", upstream, re.M)
+
+
+def test_nginx_tls_redirect_and_locations(stack):
+    _, graph, cfg = stack
+    conf = nginx_conf(graph)
+    assert re.findall(r"ssl_protocols ([^;]+);", conf) == ["TLSv1.2 TLSv1.3"]
+    port = cfg["gateway"]["httpsPort"]
+    suffix = "" if port == 443 else f":{port}"
+    assert f"return 301 https://$host{suffix}$request_uri;" in conf
+    assert re.search(r"listen 80;", conf) and re.search(r"listen 443 ssl;", conf)
+    assert "location /api/ {\n            proxy_pass http://prediction_backend;" in conf
+    assert re.search(r"location \^~ /metrics \{\s*return 404", conf)
+    # /metrics is proxied nowhere: the only proxy_pass locations are /api/, /health and /ready.
+    proxied = re.findall(r"location ([^{]+?) \{\s*proxy_pass", conf)
+    assert proxied == ["/api/", "= /health", "= /ready"]
+    assert "proxy_http_version 1.1;" in conf and 'proxy_set_header Connection "";' in conf
+    assert re.search(r"proxy_next_upstream error timeout non_idempotent;", conf)
+    gw = graph.container("gateway-container")
+    assert gw.upload("/etc/nginx/tls/server.crt").startswith("-----BEGIN CERTIFICATE-----")
+
+
+# --- monitoring -------------------------------------------------------------------------------------------
+
+def test_prometheus_scrapes_exactly_the_replicas_and_loads_the_rules(stack):
+    name, graph, _ = stack
+    prom = graph.container("monitoring-prometheus")
+    config = yaml.safe_load(prom.upload("/etc/prometheus/prometheus.yml"))
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "prediction_service")
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    scraped = [(sc["targets"], sc["labels"]["instance"]) for sc in job["static_configs"]]
+    assert scraped == [([f"{r.get('name')}:{SERVICE_PORT}"], r.get("name")) for r in graph.replicas()]
+    assert config["global"]["external_labels"] == {"environment": name}
+    rules = sorted((ROOT / "dashboards/alerts").glob("*.rules.yml"))
+    assert config["rule_files"] == [f"/etc/prometheus/rules/{r.name}" for r in rules]
+    for rule in rules:
+        assert prom.upload(f"/etc/prometheus/rules/{rule.name}") == rule.read_text()
+
+
+def test_grafana_provisioning_from_the_ops_templates(stack):
+    _, graph, _ = stack
+    grafana = graph.container("monitoring-grafana")
+    datasource = yaml.safe_load(grafana.upload("/etc/grafana/provisioning/datasources/prediction.yml"))
+    ds = datasource["datasources"][0]
+    assert ds["type"] == "prometheus"
+    assert ds["url"] == f"http://{graph.container('monitoring-prometheus').get('name')}:9090"
+    providers = yaml.safe_load(grafana.upload("/etc/grafana/provisioning/dashboards/prediction.yml"))["providers"]
+    assert providers[0]["options"]["path"] == "/etc/grafana/dashboards"
+    for dashboard in sorted((ROOT / "dashboards/grafana").glob("*.json")):
+        assert grafana.upload(f"/etc/grafana/dashboards/{dashboard.name}") == dashboard.read_text()
+
+
+# --- secrets ----------------------------------------------------------------------------------------------
+
+SECRET_ENV = {
+    "database-container": ["POSTGRES_PASSWORD"],
+    "monitoring-grafana": ["GF_SECURITY_ADMIN_PASSWORD"],
+}
+SERVICE_SECRET_ENV = ["PREDICTION_TIMESCALE_URL", "PREDICTION_API_KEY", "PREDICTION_JWT_SECRET"]
+
+
+def secret_values(graph: Graph) -> set[str]:
+    values = set()
+    for name, keys in SECRET_ENV.items():
+        values |= {graph.container(name).env()[k] for k in keys}
+    for replica in graph.replicas():
+        env = replica.env()
+        values |= {env["PREDICTION_API_KEY"], env["PREDICTION_JWT_SECRET"],
+                   urllib.parse.unquote(urllib.parse.urlsplit(env["PREDICTION_TIMESCALE_URL"]).password)}
+    values.add(graph.container("gateway-container").upload("/etc/nginx/tls/server.key"))
+    return values
+
+
+def test_every_password_key_and_jwt_secret_is_a_secret_output(stack):
+    _, graph, _ = stack
+    for name in list(SECRET_ENV) + [r.name for r in graph.replicas()]:
+        assert is_secret(graph.container(name).inputs["envs"]), f"{name}: envs hold a secret and must be secret"
+    assert is_secret(graph.container("gateway-container").inputs["uploads"]), "the TLS private key upload"
+    for export in ("api_key", "grafana_admin_password"):
+        assert graph.exports[export]["secret"] is True
+    # No secret value may reach the engine anywhere as plain text (inputs of any resource, exports).
+    secrets = secret_values(graph)
+    assert all(len(s) >= 16 for s in secrets), secrets
+    for r in graph.resources:
+        for text in plain_strings(r.inputs):
+            leaked = [s for s in secrets if s in text]
+            assert not leaked, f"{r.type} {r.name} has a secret in a non-secret input"
+    for name, export in graph.exports.items():
+        if not export["secret"]:
+            assert not [s for s in secrets for t in plain_strings(export["value"]) if s in t], name
+
+
+def _secret_like(key: str) -> bool:
+    return re.search(r"password|passwd|secret|token|credential|private|(key|cert)$", key, re.I) is not None
+
+
+def test_stack_files_hold_no_plain_text_secrets():
+    def walk(node, path):
+        if isinstance(node, dict):
+            if set(node) == {"secure"}:
+                return
+            for k, v in node.items():
+                if _secret_like(str(k)) and not (isinstance(v, dict) and set(v) == {"secure"}):
+                    raise AssertionError(f"{path}.{k} looks like a secret but is not `secure:`")
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    files = sorted(ROOT.glob("Pulumi.*.yaml"))
+    assert {f.name for f in files} >= {f"Pulumi.{s}.yaml" for s in STACKS}
+    for f in files:
+        walk(yaml.safe_load(f.read_text()), f.name)
+    assert _secret_like("prediction-platform:dbPassword") and _secret_like("prediction-platform:tlsKey")
+    assert not _secret_like("tcpKeepalive") and not _secret_like("upstreamKeepalive")
+
+
+# --- outputs ----------------------------------------------------------------------------------------------
+
+def test_stack_outputs(stack):
+    _, graph, cfg = stack
+    port = cfg["gateway"]["httpsPort"]
+    url = graph.exports["url"]["value"]
+    assert url == f"https://{cfg['gateway']['serverName']}{'' if port == 443 else f':{port}'}/"
+    assert graph.exports["replica_names"]["value"] == [r.get("name") for r in graph.replicas()]
+    mon = cfg["monitoring"]
+    assert graph.exports["prometheus_url"]["value"].endswith(f":{mon.get('prometheusHostPort', 9090)}")
+    assert graph.exports["grafana_url"]["value"].endswith(f":{mon.get('grafanaHostPort', 3000)}")
+
+
+def test_generated_secrets_when_none_are_configured(stack):
+    _, graph, _ = stack
+    generated = {r.name for r in graph.of_type("random:index/randomPassword:RandomPassword")}
+    assert generated == {"database-password", "service-api-key", "service-jwt-secret",
+                         "monitoring-grafana-admin-password"}
+    assert {r.type for r in graph.resources if r.type.startswith("tls:")} == {
+        "tls:index/privateKey:PrivateKey", "tls:index/selfSignedCert:SelfSignedCert"}
+
+
+def test_models_are_mounted_read_only_from_the_configured_source(stack):
+    _, graph, cfg = stack
+    host_path = cfg["service"].get("modelsHostPath")
+    for replica in graph.replicas():
+        [mount] = [v for v in replica.get("volumes") if v["containerPath"] == replica.env()["PREDICTION_MODEL_PATH"]]
+        assert mount["readOnly"] is True
+        if host_path is None:
+            assert mount["volumeName"] == graph.one(VOLUME, "service-models").get("name")
+        else:
+            assert mount["hostPath"] == str(ROOT / host_path)

@@ -1,0 +1,306 @@
+"""The shared nginx and Prometheus templates, rendered for this machine and checked by the real tools.
+
+They are rendered the way Ansible's `template` module renders them (core Jinja2, trim_blocks,
+undefined variables are errors) with local values: 127.0.0.1 upstreams, a temp prefix, a
+self-signed certificate from openssl. Then `nginx -t`, `promtool check config`, and a live nginx
+in front of two tiny HTTP backends to check the behaviour the config promises.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import jinja2
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+NGINX_TEMPLATE = ROOT / "roles/nginx_gateway/templates/nginx.conf.j2"
+PROMETHEUS_TEMPLATE = ROOT / "roles/prometheus_server/templates/prometheus.yml.j2"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+ANSIBLE = ROOT / ".venv/bin/ansible"
+
+
+def render(template: Path, **variables) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template.parent)), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, keep_trailing_newline=True)
+    return env.get_template(template.name).render(**variables)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    cert, key = tmp / "server.crt", tmp / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    return cert, key
+
+
+def nginx_vars(tmp: Path, upstreams: list[str], https_port: int, http_port: int) -> dict:
+    cert, key = self_signed(tmp)
+    (tmp / "temp").mkdir(exist_ok=True)
+    return {
+        "nginx_pid_path": str(tmp / "nginx.pid"),
+        "nginx_error_log": str(tmp / "error.log"),
+        "nginx_access_log": str(tmp / "access.log"),
+        "nginx_temp_dir": str(tmp / "temp"),
+        "nginx_worker_processes": 1,
+        "nginx_server_name": "localhost",
+        "nginx_https_port": https_port,
+        "nginx_http_port": http_port,
+        "nginx_ssl_certificate": str(cert),
+        "nginx_ssl_certificate_key": str(key),
+        "nginx_upstream_servers": upstreams,
+        "nginx_upstream_keepalive": 8,
+    }
+
+
+def nginx_test(conf: Path, prefix: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([NGINX, "-t", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+                          capture_output=True, text=True)
+
+
+# --- nginx -t ---------------------------------------------------------------------------------------------
+
+def test_nginx_config_passes_nginx_t(tmp_path):
+    variables = nginx_vars(tmp_path, ["127.0.0.1:18001", "127.0.0.1:18002", "127.0.0.1:18003"],
+                           free_port(), free_port())
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render(NGINX_TEMPLATE, **variables))
+    result = nginx_test(conf, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def test_nginx_template_requires_its_variables(tmp_path):
+    with pytest.raises(jinja2.UndefinedError, match="nginx_upstream_servers"):
+        variables = nginx_vars(tmp_path, [], 8443, 8080)
+        del variables["nginx_upstream_servers"]
+        render(NGINX_TEMPLATE, **variables)
+
+
+# --- live gateway -----------------------------------------------------------------------------------------
+
+class Backend:
+    """A replica stand-in: answers every path with its own name and records each request."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.requests: list[dict] = []
+        backend = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                backend.requests.append({"path": self.path, "method": self.command, "version": self.request_version,
+                                         "connection": self.headers.get("Connection"), "peer": self.client_address})
+                body = json.dumps({"backend": backend.name, "path": self.path}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    backends = [Backend("a"), Backend("b")]
+    https_port, http_port = free_port(), free_port()
+    variables = nginx_vars(tmp_path, [b.address for b in backends], https_port, http_port)
+    variables["nginx_https_redirect_port"] = https_port
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render(NGINX_TEMPLATE, **variables))
+    proc = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log"),
+                             "-g", "daemon off;"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", https_port), timeout=0.2).close()
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail(f"nginx did not listen: {(tmp_path / 'error.log').read_text()}")
+    yield {"backends": backends, "https": https_port, "http": http_port, "tmp": tmp_path}
+    proc.terminate()
+    proc.wait(timeout=10)
+    for b in backends:
+        try:
+            b.stop()
+        except OSError:
+            pass
+
+
+def client_context(max_version=None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if max_version is not None:
+        ctx.maximum_version = max_version
+        ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let the client offer old versions; the server must refuse
+    return ctx
+
+
+def fetch(url: str, data: bytes | None = None, ctx: ssl.SSLContext | None = None):
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx or client_context()),
+                                         NoRedirect())
+    try:
+        with opener.open(urllib.request.Request(url, data=data), timeout=5) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def test_gateway_balances_api_over_every_upstream_with_keepalive(gateway):
+    base = f"https://127.0.0.1:{gateway['https']}"
+    seen = [json.loads(fetch(f"{base}/api/v1/models")[2])["backend"] for _ in range(10)]
+    assert set(seen) == {"a", "b"}
+    for b in gateway["backends"]:
+        assert all(r["version"] == "HTTP/1.1" and r["connection"] is None for r in b.requests)
+        # Keep-alive: the requests to one replica share connections instead of opening one each.
+        assert len({r["peer"] for r in b.requests}) < len(b.requests)
+    status, _, body = fetch(f"{base}/health")
+    assert status == 200 and json.loads(body)["path"] == "/health"
+
+
+def test_gateway_hides_metrics_and_unknown_paths(gateway):
+    base = f"https://127.0.0.1:{gateway['https']}"
+    for path in ("/metrics", "/metrics/", "/api/../metrics", "/", "/admin"):
+        status, _, _ = fetch(f"{base}{path}")
+        assert status == 404, path
+    assert not [r for b in gateway["backends"] for r in b.requests if "metrics" in r["path"]]
+
+
+def test_gateway_redirects_http_to_https(gateway):
+    status, headers, _ = fetch(f"http://127.0.0.1:{gateway['http']}/api/v1/models?x=1")
+    assert status == 301
+    assert headers["Location"] == f"https://127.0.0.1:{gateway['https']}/api/v1/models?x=1"
+    assert not [r for b in gateway["backends"] for r in b.requests], "nothing is proxied over plain HTTP"
+
+
+def test_gateway_speaks_tls_1_2_and_refuses_1_1(gateway):
+    # Behaviour only: the AEAD-only cipher list alone would also refuse TLS 1.1, so the
+    # `ssl_protocols TLSv1.2 TLSv1.3` directive itself is asserted in test_pulumi_stacks.
+    base = f"https://127.0.0.1:{gateway['https']}"
+    assert fetch(f"{base}/health", ctx=client_context(ssl.TLSVersion.TLSv1_2))[0] == 200
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
+        fetch(f"{base}/health", ctx=client_context(ssl.TLSVersion.TLSv1_1))
+
+
+def test_gateway_retries_post_on_a_dead_replica(gateway):
+    a, b = gateway["backends"]
+    b.stop()
+    base = f"https://127.0.0.1:{gateway['https']}"
+    for _ in range(6):
+        status, _, body = fetch(f"{base}/api/v1/models/m/predict", data=b'{"instances": [[1]]}')
+        assert status == 200 and json.loads(body)["backend"] == "a"
+    assert len([r for r in a.requests if r["method"] == "POST"]) == 6
+
+
+# --- Prometheus -------------------------------------------------------------------------------------------
+
+def prometheus_vars(rule_files: list[str], targets: list[dict]) -> dict:
+    return {
+        "prometheus_scrape_interval": "15s",
+        "prometheus_evaluation_interval": "15s",
+        "prometheus_external_labels": {"environment": "test"},
+        "prometheus_rule_files": rule_files,
+        "prometheus_service_targets": targets,
+        "prometheus_node_exporter_targets": ["127.0.0.1:9100"],
+        "prometheus_self_target": "127.0.0.1:9090",
+    }
+
+
+def test_prometheus_config_passes_promtool_with_the_rule_files(tmp_path):
+    rules = sorted((ROOT / "dashboards/alerts").glob("*.rules.yml"))
+    assert rules, "dashboards/alerts/*.rules.yml should exist (ops engineer's files)"
+    targets = [{"target": f"127.0.0.1:{18001 + i}", "instance": f"service-{i + 1}"} for i in range(3)]
+    conf = tmp_path / "prometheus.yml"
+    conf.write_text(render(PROMETHEUS_TEMPLATE, **prometheus_vars([str(r) for r in rules], targets)))
+    result = subprocess.run([PROMTOOL, "check", "config", str(conf)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for rule in rules:
+        assert f"SUCCESS" in result.stdout and rule.name in result.stdout
+    parsed = yaml.safe_load(conf.read_text())
+    jobs = {j["job_name"]: j for j in parsed["scrape_configs"]}
+    assert set(jobs) == {"prediction_service", "node", "prometheus"}
+    assert [sc["labels"]["instance"] for sc in jobs["prediction_service"]["static_configs"]] == [
+        "service-1", "service-2", "service-3"]
+
+
+def test_prometheus_optional_jobs_are_omitted_when_empty(tmp_path):
+    variables = prometheus_vars([], [{"target": "127.0.0.1:8000", "instance": "only"}])
+    variables["prometheus_node_exporter_targets"] = []
+    del variables["prometheus_self_target"]
+    conf = tmp_path / "prometheus.yml"
+    conf.write_text(render(PROMETHEUS_TEMPLATE, **variables))
+    parsed = yaml.safe_load(conf.read_text())
+    assert [j["job_name"] for j in parsed["scrape_configs"]] == ["prediction_service"]
+    assert parsed["rule_files"] == []
+    result = subprocess.run([PROMTOOL, "check", "config", str(conf)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- Ansible renders the same text ------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ANSIBLE.exists(), reason="ansible is installed by `make test` (requirements.txt)")
+@pytest.mark.parametrize("template", [NGINX_TEMPLATE, PROMETHEUS_TEMPLATE], ids=["nginx", "prometheus"])
+def test_ansible_template_module_renders_the_same_text(tmp_path, template):
+    if template == NGINX_TEMPLATE:
+        variables = nginx_vars(tmp_path, ["127.0.0.1:18001", "127.0.0.1:18002"], 8443, 8080)
+    else:
+        variables = prometheus_vars(["/etc/prometheus/rules/a.rules.yml"],
+                                    [{"target": "127.0.0.1:18001", "instance": "service-1"}])
+    (tmp_path / "vars.json").write_text(json.dumps(variables))
+    dest = tmp_path / "ansible.out"
+    env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
+    result = subprocess.run(
+        [str(ANSIBLE), "localhost", "-i", "localhost,", "-c", "local", "-m", "template",
+         "-a", f"src={template} dest={dest}", "-e", f"@{tmp_path / 'vars.json'}",
+         "-e", f"ansible_python_interpreter={sys.executable}"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert dest.read_text() == render(template, **variables)
