@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from harness.net import free_port, wait_for_port
 from prediction_service.config import Settings, load_settings
@@ -86,45 +85,31 @@ async def client(aiohttp_client, make_settings):
 class ServiceProcess:
     """``python -m prediction_service`` as a child process on a free port."""
 
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], app_dir: Path = SERVICE_DIR):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREDICTION_")},
                     **env, "PREDICTION_HOST": "127.0.0.1", "PREDICTION_PORT": str(self.port),
-                    "PYTHONPATH": str(SERVICE_DIR)}
+                    "PYTHONPATH": str(app_dir)}
+        # A file, not a pipe: a full pipe would block the service's logging.
+        self.log = tempfile.NamedTemporaryFile(prefix="service-", suffix=".log", delete=False)
         self.proc = subprocess.Popen([sys.executable, "-m", "prediction_service"], env=self.env,
-                                     cwd=SERVICE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     cwd=app_dir, stdout=self.log, stderr=subprocess.STDOUT)
         try:
             wait_for_port(self.port, timeout=60)
         except TimeoutError:
             self.stop()
-            raise RuntimeError(f"service did not start: {self.proc.stderr.read()[-3000:]}") from None
+            raise RuntimeError(f"service did not start: {self.output()[-3000:]}") from None
 
-    def terminate(self, timeout: float = 30) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-
-
-@pytest.fixture
-def service_process(demo_models, redis_server, postgres):
-    """Factory: start the service as a real process (DB logging off unless overridden)."""
-    started: list[ServiceProcess] = []
-
-    def start(**overrides) -> ServiceProcess:
-        overrides.setdefault("timescale_url", postgres.dsn())
-        env = service_env(demo_models, redis_server.url, overrides.pop("timescale_url"), **overrides)
-        proc = ServiceProcess(env)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
@@ -135,9 +120,3 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
-
-
-@pytest.fixture
-def http():
-    with requests.Session() as session:
-        yield session

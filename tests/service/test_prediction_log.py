@@ -1,0 +1,122 @@
+"""Predictions are logged to PostgreSQL off the request path, survive an outage, and are flushed on SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+
+import psycopg2
+import pytest
+import requests
+
+from conftest import AUTH, IRIS, ServiceProcess, service_env, wait_until
+from prediction_service.app import create_app
+from prediction_service.storage import apply_migrations
+
+URL = "/api/v1/models/iris/predict"
+
+
+def count_rows(dsn: str, where: str = "TRUE", params=()) -> int:
+    try:
+        with psycopg2.connect(dsn, connect_timeout=2) as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM predictions WHERE {where}", params)
+            return cur.fetchone()[0]
+    except psycopg2.OperationalError:
+        return -1
+
+
+async def eventually(check, timeout: float = 30.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check() and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    return check()
+
+
+async def test_rows_appear_in_predictions(aiohttp_client, make_settings, fresh_db):
+    apply_migrations(fresh_db)
+    client = await aiohttp_client(create_app(make_settings(timescale_url=fresh_db, db_logging="true",
+                                                           db_flush_interval_seconds=0.1)))
+    single = await (await client.post(URL, json=IRIS, headers=AUTH)).json()
+    batch = await (await client.post(URL, json={"instances": [IRIS, dict(IRIS, petal_width=2.4)]},
+                                     headers=AUTH)).json()
+    assert await eventually(lambda: count_rows(fresh_db) == 3)
+
+    with psycopg2.connect(fresh_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT model, model_version, instance, input, output, cache_hit, latency_ms "
+                    "FROM predictions WHERE request_id = %s", (single["request_id"],))
+        ((model, version, instance, inp, out, cache_hit, latency),) = cur.fetchall()
+        cur.execute("SELECT input, cache_hit FROM predictions WHERE request_id = %s ORDER BY input->>'petal_width'",
+                    (batch["request_id"],))
+        batch_rows = cur.fetchall()
+    assert (model, version, instance) == ("iris", "1", "test")
+    assert inp == IRIS and out["label"] == "setosa" and cache_hit is False and latency > 0
+    # The batch's first instance repeats the single request: logged as a cache hit.
+    assert [r[0] for r in batch_rows] == [IRIS, dict(IRIS, petal_width=2.4)]
+    assert [r[1] for r in batch_rows] == [True, False]
+    ready = await (await client.get("/ready")).json()
+    assert ready["database"] == "up" and ready["status"] == "ready"
+
+
+@pytest.mark.slow
+async def test_database_outage_loses_no_rows(aiohttp_client, make_settings, postgres_factory):
+    pg = postgres_factory()
+    dsn = pg.create_database("outage")
+    apply_migrations(dsn)
+    client = await aiohttp_client(create_app(make_settings(timescale_url=dsn, db_logging="true",
+                                                           db_flush_interval_seconds=0.1)))
+    pg.stop()
+    statuses = []
+    for i in range(1000):
+        resp = await client.post(URL, json=dict(IRIS, sepal_length=4.0 + i / 1000), headers=AUTH)
+        statuses.append(resp.status)
+    assert statuses == [200] * 1000
+    ready = await client.get("/ready")
+    assert ready.status == 200
+    body = await ready.json()
+    assert body["database"] == "down" and body["status"] == "degraded" and body["db_queue_rows"] == 1000
+
+    pg.start()
+    assert await eventually(lambda: count_rows(dsn) == 1000, timeout=60), count_rows(dsn)
+
+
+@pytest.mark.slow
+def test_sigterm_answers_what_it_accepted_and_flushes_every_row(demo_models, redis_server, fresh_db):
+    """Under load, SIGTERM: the process stops, exits 0, and every prediction it answered is in the table.
+
+    (aiohttp stops reading from connections at shutdown, so a request whose body is still being
+    uploaded is not completed; requests already received are.)
+    """
+    apply_migrations(fresh_db)
+    # A long flush interval: rows stay queued in memory until shutdown forces the flush.
+    svc = ServiceProcess(service_env(demo_models, redis_server.url, fresh_db, db_logging="true",
+                                     db_flush_interval_seconds=300))
+    answered: list[int] = []
+    stop = threading.Event()
+
+    def load(worker: int):
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                r = requests.post(f"{svc.url}{URL}", json=dict(IRIS, sepal_width=worker + i / 10000),
+                                  headers={**AUTH, "Connection": "close"}, timeout=30)
+            except requests.ConnectionError:
+                return  # refused or cut before an answer: the listener is gone
+            answered.append(r.status_code)
+    try:
+        threads = [threading.Thread(target=load, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        assert wait_until(lambda: len(answered) >= 200, timeout=60)
+        assert count_rows(fresh_db) == 0  # still queued in memory
+        svc.proc.send_signal(signal.SIGTERM)
+        assert svc.proc.wait(timeout=60) == 0
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        assert set(answered) == {200}
+        assert count_rows(fresh_db) == len(answered)
+    finally:
+        stop.set()
+        svc.stop()
