@@ -55,13 +55,13 @@ test: deps $(MODELS)/.built
 	@$(BIN)/pytest
 
 up: deps $(MODELS)/.built
-	@$(BIN)/python -m localenv up
+	@scripts/localenv.sh up
 
 down:
-	@$(BIN)/python -m localenv down
+	@scripts/localenv.sh down
 
 status:
-	@$(BIN)/python -m localenv status
+	@scripts/localenv.sh status
 
 bench: deps $(MODELS)/.built
 	@$(BIN)/python -m bench

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The local environment's three verbs, called by `make up|down|status`:
+#   up      run playbooks/local.yml (idempotent), then print the URL and a ready-to-paste curl
+#   down    stop every supervised process and supervisord itself (data is kept under the var dir)
+#   status  each process with its state, and the URLs
+# LOCALENV_VAR_DIR selects another state folder (default: <project>/var); extra arguments after
+# `up` go to ansible-playbook (e.g. -e localenv_service_instances=3, --check --diff).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="$ROOT/.venv/bin"
+VAR_DIR="${LOCALENV_VAR_DIR:-$ROOT/var}"
+CONF="$VAR_DIR/supervisor/supervisord.conf"
+STATE="$VAR_DIR/localenv.env"
+
+supervisorctl() { "$BIN/supervisorctl" -c "$CONF" "$@"; }
+
+running() { [[ -f "$CONF" ]] && supervisorctl pid >/dev/null 2>&1 && [[ "$(supervisorctl pid)" =~ ^[0-9]+$ ]]; }
+
+print_urls() {
+  # shellcheck disable=SC1090
+  source "$STATE"
+  echo "  gateway     $LOCALENV_URL  (self-signed certificate: $LOCALENV_CACERT)"
+  echo "  http        $LOCALENV_HTTP_URL  (redirects to HTTPS)"
+  echo "  instances   $LOCALENV_SERVICE_URLS"
+  echo "  prometheus  $LOCALENV_PROMETHEUS_URL"
+  echo "  node        $LOCALENV_NODE_EXPORTER_URL/metrics"
+  echo "  postgres    ${LOCALENV_DB_URL%%:*}://…@${LOCALENV_DB_URL##*@}  (password in $VAR_DIR/secrets.env unless PREDICTION_DB_PASSWORD is set)"
+  echo "  redis       $LOCALENV_REDIS_URL"
+  echo "  grafana     provisioning files in $VAR_DIR/grafana (Grafana itself is not installed here)"
+}
+
+case "${1:-}" in
+  up)
+    shift
+    echo "==> ansible-playbook -i inventories/local playbooks/local.yml  (state in $VAR_DIR)"
+    cd "$ROOT"
+    LOCALENV_VAR_DIR="$VAR_DIR" ANSIBLE_PIPELINING=1 ANSIBLE_CONFIG="$ROOT/ansible.cfg" ANSIBLE_DISPLAY_SKIPPED_HOSTS=0 \
+      ANSIBLE_DISPLAY_OK_HOSTS="${ANSIBLE_DISPLAY_OK_HOSTS:-0}" \
+      "$BIN/ansible-playbook" -i inventories/local playbooks/local.yml "$@"
+    # shellcheck disable=SC1090
+    source "$STATE"
+    echo
+    echo "The platform is up:"
+    print_urls
+    echo
+    echo "Try it:"
+    echo "  curl --cacert $LOCALENV_CACERT -H 'X-API-Key: $PREDICTION_API_KEY' -H 'Content-Type: application/json' \\"
+    echo "    -d '{\"sepal_length\": 5.1, \"sepal_width\": 3.5, \"petal_length\": 1.4, \"petal_width\": 0.2}' \\"
+    echo "    $LOCALENV_URL/api/v1/models/iris/predict"
+    echo "  (or -k instead of --cacert; make status shows each process; make down stops everything, data kept)"
+    ;;
+  down)
+    if running; then
+      echo "==> stopping every process of $VAR_DIR (supervisorctl shutdown; data kept)"
+      supervisorctl shutdown >/dev/null
+      pid_file="$VAR_DIR/supervisor/supervisord.pid"
+      for _ in $(seq 1 120); do [[ -f "$pid_file" ]] || break; sleep 0.5; done
+      [[ -f "$pid_file" ]] && { echo "supervisord ($(cat "$pid_file")) still running after 60 s: see $VAR_DIR/supervisor/logs"; exit 1; }
+      echo "stopped"
+    else
+      echo "nothing running for $VAR_DIR"
+    fi
+    ;;
+  status)
+    if running; then
+      supervisorctl status || true
+      echo
+      print_urls
+    else
+      echo "not running (state folder $VAR_DIR); start with: make up"
+      exit 3
+    fi
+    ;;
+  *)
+    echo "usage: $0 up|down|status" >&2
+    exit 2
+    ;;
+esac

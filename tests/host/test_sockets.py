@@ -1,0 +1,61 @@
+"""Listening sockets: the data layer on loopback only; each supervised process only where intended."""
+import re
+
+import pytest
+
+from conftest import run_ok
+
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+def _listeners(host) -> list[tuple[str, int, set[int]]]:
+    """(address, port, pids) of every listening TCP socket on the target (`ss -Hltnp`)."""
+    out = run_ok(host, "ss -Hltnp")
+    result = []
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        addr, _, port = fields[3].rpartition(":")
+        addr = addr.strip("[]").split("%")[0]
+        pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        result.append((addr, int(port), pids))
+    return result
+
+
+@pytest.mark.parametrize("what, port_var", [
+    ("PostgreSQL", "prediction_db_port"),
+    ("Redis", "redis_tuning_port"),
+])
+def test_data_layer_listens_on_loopback_only(host, expected, what, port_var):
+    port = int(expected[port_var])
+    addrs = {a for a, p, _ in _listeners(host) if p == port}
+    if "localenv_var_dir" in expected:
+        assert addrs, f"{what} is not listening on port {port} ({port_var})"
+    exposed = addrs - LOOPBACK
+    assert not exposed, f"{what} port {port} listens on {sorted(exposed)}: it must be reachable on loopback only"
+
+
+def test_supervised_processes_listen_only_where_intended(host, localenv):
+    # port -> addresses allowed; the gateway is the one public entry point.
+    allowed = {localenv["postgres_port"]: LOOPBACK, localenv["redis_port"]: LOOPBACK,
+               localenv["prometheus_port"]: LOOPBACK, localenv["node_exporter_port"]: LOOPBACK,
+               localenv["https_port"]: None, localenv["http_port"]: None}
+    allowed.update({p: LOOPBACK for p in localenv["service_ports"]})
+    supervisord = int(run_ok(host, f"{localenv['supervisorctl']} pid").strip())
+    tree = {}
+    for line in run_ok(host, "ps -e -o pid=,ppid=").splitlines():
+        pid, ppid = map(int, line.split())
+        tree.setdefault(ppid, []).append(pid)
+    ours, todo = set(), [supervisord]
+    while todo:
+        pid = todo.pop()
+        ours.add(pid)
+        todo.extend(tree.get(pid, []))
+    listeners = _listeners(host)
+    wrong = [f"{a}:{p}" for a, p, pids in listeners if pids & ours
+             and (p not in allowed or (allowed[p] is not None and a not in allowed[p]))]
+    assert not wrong, (f"supervised processes listen where the inventory does not say: {wrong} "
+                       f"(allowed: {sorted(allowed)})")
+    missing = [p for p in allowed if not any(lp == p and pids & ours for _, lp, pids in listeners)]
+    assert not missing, f"nothing supervised listens on ports {missing}"
