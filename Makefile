@@ -66,8 +66,9 @@ status:
 bench: deps $(MODELS)/.built
 	@$(BIN)/python -m bench
 
-preview deploy: deps
+preview deploy: venv
 	@command -v pulumi >/dev/null || { echo "pulumi CLI not found: install it from pulumi.com/docs/install to $@ stack '$(STACK)'"; exit 1; }
+	@pulumi whoami >/dev/null 2>&1 || { echo "not logged in: run pulumi login (or pulumi login --local) first"; exit 1; }
 	@pulumi stack select $(STACK) >/dev/null 2>&1 || pulumi stack init $(STACK)
 	@PATH="$(CURDIR)/$(BIN):$$PATH" pulumi $(if $(filter deploy,$@),up,preview) --stack $(STACK)
 
