@@ -137,6 +137,11 @@ def test_bad_input_and_unreachable_server_fail_with_what_to_fix(redis_factory, p
     assert bad.rc != 0
     assert any("redis_tuning_maxmemory=lots" in m for m in bad.failure_messages())
 
+    unknown = playbook("redis-tune.yml", {"redis_tuning_port": server.port,
+                                          "redis_tuning_extra_settings": {"no-such-parameter": "1"}})
+    assert unknown.rc != 0
+    assert any("does not know no-such-parameter" in m for m in unknown.failure_messages())
+
     server.stop()
     down = playbook("redis-tune.yml", {"redis_tuning_port": server.port})
     assert down.rc != 0
