@@ -244,7 +244,7 @@ class PredictionCache:
         n_local = len(rows) - len(missing)
         if n_local:
             model.local_hits.inc(n_local)
-        if missing and self.shared is not None:
+        if missing and self.shared is not None and model.shared_cache:
             keys = [redis_key(name, version, rows[i]) for i in missing]
             values = await self.shared.get_many(keys)
             still = []
@@ -267,7 +267,7 @@ class PredictionCache:
     def store(self, model, row: list[float], value: dict) -> None:
         """Remember a freshly computed result in both tiers (Redis in the background)."""
         self.local.put((model.name, model.version, tuple(row)), value)
-        if self.shared is not None:
+        if self.shared is not None and model.shared_cache:
             self.shared.put(redis_key(model.name, model.version, row), json.dumps(value).encode())
 
 

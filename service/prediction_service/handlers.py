@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import uuid
 from datetime import datetime, timezone
@@ -79,7 +80,8 @@ def _request_id(request: web.Request) -> str:
             return str(uuid.UUID(supplied))  # only well-formed UUIDs are trusted into the log table
         except ValueError:
             pass
-    return str(uuid.uuid4())
+    # 128 random bits as hex: as unique as uuid4, a fraction of its cost on the hot path.
+    return os.urandom(16).hex()
 
 
 async def predict(request: web.Request) -> web.Response:

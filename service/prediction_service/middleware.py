@@ -25,6 +25,25 @@ def _endpoint(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+# Metric children by label values: a .labels() lookup per request costs more than the cache.
+# Bounded: endpoints are route templates (or "unmatched"), methods and statuses are few.
+_children: dict[tuple[str, str, int], tuple] = {}
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+def _metric_children(endpoint: str, method: str, status: int) -> tuple:
+    key = (endpoint, method, status)
+    found = _children.get(key)
+    if found is None:
+        if method not in _METHODS:
+            method = "other"  # arbitrary client methods must not create new series
+        found = (metrics.requests_total.labels(endpoint, method, str(status)),
+                 metrics.request_duration_seconds.labels(endpoint, method))
+        if len(_children) < 10000:
+            _children[key] = found
+    return found
+
+
 @web.middleware
 async def metrics_middleware(request: web.Request, handler) -> web.StreamResponse:
     start = time.perf_counter()
@@ -34,9 +53,9 @@ async def metrics_middleware(request: web.Request, handler) -> web.StreamRespons
         status = response.status
         return response
     finally:
-        endpoint = _endpoint(request)
-        metrics.requests_total.labels(endpoint, request.method, str(status)).inc()
-        metrics.request_duration_seconds.labels(endpoint, request.method).observe(time.perf_counter() - start)
+        counter, histogram = _metric_children(_endpoint(request), request.method, status)
+        counter.inc()
+        histogram.observe(time.perf_counter() - start)
 
 
 @web.middleware

@@ -47,7 +47,8 @@ class Model:
     kind: str
     features: tuple[Feature, ...]
     labels: tuple[str, ...]
-    cache: bool
+    cache: bool  # results are cached (in-process tier at least)
+    shared_cache: bool  # ... and in Redis, shared by all replicas
     description: str
     is_default: bool
     session: ort.InferenceSession = field(repr=False)
@@ -67,7 +68,8 @@ class Model:
         """Public description (GET /api/v1/models)."""
         return {"version": self.version, "kind": self.kind, "description": self.description,
                 "features": [{"name": f.name, "type": f.type} for f in self.features],
-                "labels": list(self.labels), "cache": self.cache}
+                "labels": list(self.labels), "cache": self.cache,
+                "cache_tier": "shared" if self.shared_cache else "local" if self.cache else "off"}
 
     def predict(self, rows: list[list[float]]) -> list[dict]:
         """Run the model on validated feature rows; one result dict per row.
@@ -170,9 +172,13 @@ def load_model(folder: Path) -> Model:
         raise ModelLoadError(f"{meta_path}: a classifier needs its output labels")
     if not isinstance(meta.get("default", False), bool):
         raise ModelLoadError(f"{meta_path}: default must be true or false")
-    cache = meta.get("cache", True)
-    if not isinstance(cache, bool):
-        raise ModelLoadError(f"{meta_path}: cache must be true or false")
+    # "shared": local LRU + Redis (true means this); "local": LRU only — for models cheaper to
+    # evaluate than a Redis round trip; "off" (or false): every request runs the model.
+    cache_mode = meta.get("cache", True)
+    if cache_mode is True or cache_mode is False:
+        cache_mode = "shared" if cache_mode else "off"
+    if not isinstance(cache_mode, str) or cache_mode not in ("shared", "local", "off"):
+        raise ModelLoadError(f"{meta_path}: cache must be true, false, \"shared\", \"local\" or \"off\"")
     try:
         session = _session(onnx_path)
     except Exception as exc:  # onnxruntime raises several types for a corrupt or incompatible file
@@ -191,7 +197,8 @@ def load_model(folder: Path) -> Model:
     if kind == "classifier" and session.get_outputs()[1].type != "tensor(float)":
         raise ModelLoadError(f"{onnx_path}: probabilities must be a float tensor (convert with zipmap off)")
     model = Model(name=name, version=version, kind=kind, features=tuple(features),
-                  labels=tuple(str(label) for label in labels), cache=cache,
+                  labels=tuple(str(label) for label in labels), cache=cache_mode != "off",
+                  shared_cache=cache_mode == "shared",
                   description=str(meta.get("description", "")),
                   is_default=meta.get("default", False), session=session,
                   input_name=inputs[0].name, feature_index={n: i for i, n in enumerate(names)})
@@ -223,7 +230,7 @@ def load_models(model_path: Path) -> ModelRegistry:
             continue
         registry.models.setdefault(name, {})[version] = model
         log.info("model %s version %s loaded (%s, %d features, cache %s)", name, version, model.kind,
-                 len(model.features), "on" if model.cache else "off")
+                 len(model.features), model.describe()["cache_tier"])
     for name, versions in registry.models.items():
         # The version marked "default": true in its metadata, else the highest version.
         marked = [v for v, m in versions.items() if m.is_default]

@@ -131,7 +131,8 @@ def build_openapi(registry: ModelRegistry, max_batch: int, max_body_bytes: int) 
                             "features": {"type": "array", "items": {"type": "object", "properties": {
                                 "name": {"type": "string"}, "type": {"type": "string", "enum": ["number", "integer"]}}}},
                             "labels": {"type": "array", "items": {"type": "string"}},
-                            "cache": {"type": "boolean"}}}}}}}}},
+                            "cache": {"type": "boolean"},
+                            "cache_tier": {"type": "string", "enum": ["shared", "local", "off"]}}}}}}}}},
                 "Ready": {"type": "object", "properties": {
                     "status": {"type": "string", "enum": ["ready", "degraded", "not_ready"]},
                     "models_loaded": {"type": "integer"},

@@ -34,6 +34,10 @@ def _reject_constant(name: str):
     raise ApiError(422, "non_finite_number", f"{name} is not a valid JSON number; send finite numbers only")
 
 
+# Built once: json.loads(..., parse_constant=...) would construct a new decoder per request.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def check_content_type(content_type: str) -> None:
     if content_type != "application/json":
         got = content_type or "none"
@@ -50,7 +54,7 @@ def parse_json(body: bytes):
     except UnicodeDecodeError:
         raise ApiError(400, "malformed_json", "request body is not valid UTF-8") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise ApiError(400, "malformed_json",
                        f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None

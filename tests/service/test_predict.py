@@ -1,6 +1,8 @@
 """Predictions through the HTTP API: single and batch, versions, the cache as a user sees it."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from conftest import AUTH, IRIS
@@ -79,6 +81,8 @@ async def test_models_endpoint_lists_versions_and_schema(client):
     assert [f["name"] for f in versions["1"]["features"]] == list(IRIS)
     assert versions["1"]["labels"] == ["setosa", "versicolor", "virginica"]
     assert models["diabetes"]["versions"][0]["cache"] is False
+    assert [versions["1"]["cache_tier"], versions["2"]["cache_tier"], models["diabetes"]["versions"][0]["cache_tier"]] \
+        == ["local", "shared", "off"]
 
 
 async def test_repeat_is_served_from_cache(client):
@@ -132,3 +136,17 @@ async def test_ready_reports_models_and_dependencies(client):
     body = await (await client.get("/ready")).json()
     assert body == {"status": "ready", "models_loaded": 3, "failed_models": [], "redis": "up",
                     "database": "disabled", "db_queue_rows": 0}
+
+
+async def test_local_tier_model_never_touches_redis(client, redis_server):
+    """iris v1 is configured cache "local": repeats are cached in-process, Redis stays empty."""
+    await client.post(PREDICT.format("iris") + "?version=1", json=VIRGINICA, headers=AUTH)
+    body = await (await client.post(PREDICT.format("iris") + "?version=1", json=VIRGINICA, headers=AUTH)).json()
+    assert body["cached"] is True
+    await client.post(PREDICT.format("iris") + "?version=2", json=VIRGINICA, headers=AUTH)
+    for _ in range(100):  # the shared-tier write of v2 is the witness that writes did happen
+        if redis_server.client().keys("pred:iris:2:*"):
+            break
+        await asyncio.sleep(0.05)
+    assert redis_server.client().keys("pred:iris:2:*")
+    assert not redis_server.client().keys("pred:iris:1:*")

@@ -9,7 +9,7 @@ from conftest import AUTH, IRIS
 from metrics_text import sample
 from prediction_service.app import create_app
 
-URL = "/api/v1/models/iris/predict"
+URL = "/api/v1/models/iris/predict?version=2"  # the demo version with the shared (Redis) tier
 
 
 def instance(i: int) -> dict:
@@ -33,7 +33,7 @@ async def test_redis_killed_then_back(aiohttp_client, make_settings, redis_facto
 
     # Healthy: a new prediction reaches Redis in the background.
     assert (await (await client.post(URL, json=instance(0), headers=AUTH)).json())["cached"] is False
-    assert await eventually(lambda: _async(len(redis.client().keys("pred:iris:1:*")) == 1))
+    assert await eventually(lambda: _async(len(redis.client().keys("pred:iris:2:*")) == 1))
 
     errors_before = sample(await (await client.get("/metrics")).text(),
                            "prediction_service_cache_errors_total", operation="get")
@@ -56,7 +56,7 @@ async def test_redis_killed_then_back(aiohttp_client, make_settings, redis_facto
     redis.start()
     assert await eventually(lambda: _ready_redis(client), timeout=15)
     assert (await client.post(URL, json=instance(100), headers=AUTH)).status == 200
-    assert await eventually(lambda: _async(len(redis.client().keys("pred:iris:1:*")) >= 1), timeout=15)
+    assert await eventually(lambda: _async(len(redis.client().keys("pred:iris:2:*")) >= 1), timeout=15)
 
     # A second replica (empty local tier) gets that prediction from Redis.
     other = await aiohttp_client(create_app(settings))
@@ -71,7 +71,7 @@ async def test_replicas_share_results_through_redis(aiohttp_client, make_setting
     first = await aiohttp_client(create_app(settings))
     second = await aiohttp_client(create_app(settings))
     await first.post(URL, json=instance(7), headers=AUTH)
-    assert await eventually(lambda: _async(bool(redis_server.client().keys("pred:iris:1:*"))))
+    assert await eventually(lambda: _async(bool(redis_server.client().keys("pred:iris:2:*"))))
     body = await (await second.post(URL, json=instance(7), headers=AUTH)).json()
     assert body["cached"] is True
 
