@@ -5,6 +5,9 @@
 #   status  each process with its state, and the URLs
 # LOCALENV_VAR_DIR selects another state folder (default: <project>/var); extra arguments after
 # `up` go to ansible-playbook (e.g. -e localenv_service_instances=3, --check --diff).
+# A repeated `up` whose inputs (playbooks, roles, local inventory, dashboards, PREDICTION_* variables,
+# arguments) are unchanged while every program runs skips the playbook and only prints; set
+# LOCALENV_FULL=1 to run the playbook anyway (e.g. to repair settings changed by hand).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,6 +19,34 @@ STATE="$VAR_DIR/localenv.env"
 supervisorctl() { "$BIN/supervisorctl" -c "$CONF" "$@"; }
 
 running() { [[ -f "$CONF" ]] && supervisorctl pid >/dev/null 2>&1 && [[ "$(supervisorctl pid)" =~ ^[0-9]+$ ]]; }
+
+# Everything the playbook's result depends on, hashed; stored after a successful run.
+fingerprint() {
+  {
+    (cd "$ROOT" && find playbooks roles inventories/local dashboards scripts/localenv.sh -type f -print0 \
+      | sort -z | xargs -0 sha256sum)
+    env | grep -E '^(PREDICTION_|LOCALENV_VAR_DIR=)' | sort
+    printf '%s\n' "$VAR_DIR" "$@"
+  } | sha256sum | cut -d' ' -f1
+}
+
+# After `make down` with nothing changed: start supervisord, which starts every program in priority
+# order (data layer first), and wait until all run and the gateway is ready. Non-zero = do the full run.
+restart_unchanged() {
+  echo "==> starting supervisord from $CONF"
+  "$BIN/supervisord" -c "$CONF" || return 1
+  # shellcheck disable=SC1090
+  source "$STATE"
+  for _ in $(seq 1 180); do
+    if supervisorctl status >/dev/null 2>&1 \
+       && [[ "$(curl -s -o /dev/null -w '%{http_code}' --cacert "$LOCALENV_CACERT" "$LOCALENV_URL/ready")" == 200 ]]; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "==> not ready after 90 s; running the playbook"
+  return 1
+}
 
 print_urls() {
   # shellcheck disable=SC1090
@@ -33,11 +64,22 @@ print_urls() {
 case "${1:-}" in
   up)
     shift
-    echo "==> ansible-playbook -i inventories/local playbooks/local.yml  (state in $VAR_DIR)"
-    cd "$ROOT"
-    LOCALENV_VAR_DIR="$VAR_DIR" ANSIBLE_PIPELINING=1 ANSIBLE_CONFIG="$ROOT/ansible.cfg" ANSIBLE_DISPLAY_SKIPPED_HOSTS=0 \
-      ANSIBLE_DISPLAY_OK_HOSTS="${ANSIBLE_DISPLAY_OK_HOSTS:-0}" \
-      "$BIN/ansible-playbook" -i inventories/local playbooks/local.yml "$@"
+    want="$(fingerprint "$@")"
+    if [[ "${LOCALENV_FULL:-0}" != 1 && -f "$STATE" && "$(cat "$VAR_DIR/.up-fingerprint" 2>/dev/null)" == "$want" ]] \
+       && running && supervisorctl status >/dev/null 2>&1; then
+      echo "==> already up and nothing changed since the last make up (LOCALENV_FULL=1 make up re-applies everything)"
+    elif [[ "${LOCALENV_FULL:-0}" != 1 && -f "$STATE" && "$(cat "$VAR_DIR/.up-fingerprint" 2>/dev/null)" == "$want" ]] \
+       && ! running && restart_unchanged; then
+      echo "==> restarted after make down; nothing changed since the last make up (data kept)"
+    else
+      rm -f "$VAR_DIR/.up-fingerprint"
+      echo "==> ansible-playbook -i inventories/local playbooks/local.yml  (state in $VAR_DIR)"
+      cd "$ROOT"
+      LOCALENV_VAR_DIR="$VAR_DIR" ANSIBLE_PIPELINING=1 ANSIBLE_CONFIG="$ROOT/ansible.cfg" ANSIBLE_DISPLAY_SKIPPED_HOSTS=0 \
+        ANSIBLE_DISPLAY_OK_HOSTS="${ANSIBLE_DISPLAY_OK_HOSTS:-0}" \
+        "$BIN/ansible-playbook" -i inventories/local playbooks/local.yml "$@"
+      case " $* " in *" --check "*|*" -C "*) ;; *) echo "$want" > "$VAR_DIR/.up-fingerprint" ;; esac
+    fi
     # shellcheck disable=SC1090
     source "$STATE"
     echo

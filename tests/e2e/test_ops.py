@@ -1,0 +1,103 @@
+"""Operations against the running environment: backup then restore gives the same data; the
+testinfra suite (tests/host) passes against local://; a second `make up` changes nothing."""
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHECKSUM = ("SELECT count(*), coalesce(md5(string_agg(request_id || ':' || output::text, ',' "
+            "ORDER BY request_id, time)), '') FROM predictions")
+
+
+def _flushed(localenv) -> tuple:
+    """The predictions checksum once the services' write queues are empty and the table stops changing."""
+    prev = None
+    for _ in range(40):
+        now = localenv.sql(CHECKSUM)[0]
+        if now == prev:
+            return now
+        prev = now
+        time.sleep(1.0)
+    pytest.fail("predictions table kept changing")
+
+
+def test_backup_then_restore_gives_the_same_data(localenv):
+    s = localenv.session()
+    for i in range(20):
+        assert s.post(f"{localenv.url}/api/v1/models/diabetes/predict",
+                      json={k: 0.01 * i for k in ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")},
+                      timeout=10).status_code == 200
+    before = _flushed(localenv)
+    assert before[0] > 0
+
+    backup = localenv.playbook("backup.yml")
+    assert backup.returncode == 0, backup.stdout[-4000:] + backup.stderr[-2000:]
+
+    # Lose data, then restore with the service stopped (as playbooks/restore.yml asks).
+    localenv.sql("DELETE FROM predictions")
+    assert localenv.sql("SELECT count(*) FROM predictions")[0][0] == 0
+    stop = localenv.supervisorctl("stop", "service-1", "service-2")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    try:
+        restore = localenv.playbook("restore.yml")
+        assert restore.returncode == 0, restore.stdout[-4000:] + restore.stderr[-2000:]
+        assert localenv.sql(CHECKSUM)[0] == before, "restored predictions differ from the backed-up ones"
+    finally:
+        localenv.supervisorctl("start", "service-1", "service-2")
+    wait_until(lambda: s.get(f"{localenv.url}/ready", timeout=5).status_code == 200, 60, "/ready after restore")
+
+
+def test_testinfra_suite_passes_against_local(localenv):
+    """tests/host, as an operator would run it, with this environment's inventory overrides."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "tests" / "host"), "--hosts=local://",
+         f"--extra-vars={localenv.vars_file}", "-p", "no:cacheprovider", "-q", "-o", "addopts=", "--rootdir", str(ROOT / "tests" / "host")],
+        capture_output=True, text=True, env=localenv.env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-1500:]
+
+
+def test_down_stops_everything_and_up_keeps_the_data(localenv):
+    before = _flushed(localenv)
+    assert before[0] > 0
+    down = subprocess.run([str(ROOT / "scripts" / "localenv.sh"), "down"], capture_output=True, text=True,
+                          env=localenv.env, timeout=180)
+    assert down.returncode == 0, down.stdout + down.stderr
+    status = subprocess.run([str(ROOT / "scripts" / "localenv.sh"), "status"], capture_output=True, text=True,
+                            env=localenv.env, timeout=60)
+    assert status.returncode == 3 and "not running" in status.stdout, status.stdout
+    for port in (localenv.settings["localenv_postgres_port"], localenv.settings["localenv_https_port"],
+                 localenv.settings["localenv_service_base_port"]):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after make down"
+
+    up = localenv.up()
+    assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-2000:]
+    assert localenv.sql(CHECKSUM)[0] == before, "predictions changed across make down / make up"
+    r = localenv.session().post(f"{localenv.url}/api/v1/models/iris/predict",
+                                json={"sepal_length": 5.0, "sepal_width": 3.0, "petal_length": 1.0, "petal_width": 0.1},
+                                timeout=10)
+    assert r.status_code == 200, r.text
+    status = subprocess.run([str(ROOT / "scripts" / "localenv.sh"), "status"], capture_output=True, text=True,
+                            env=localenv.env, timeout=60)
+    assert status.returncode == 0 and status.stdout.count("RUNNING") == 7, status.stdout
+
+
+def test_second_up_changes_nothing_and_then_is_fast(localenv):
+    """`LOCALENV_FULL=1 make up` re-applies the playbook: changed=0 (idempotent). A plain `make up` right
+    after it finds nothing changed and skips the playbook."""
+    full = localenv.up(full=True)
+    assert full.returncode == 0, full.stdout[-4000:] + full.stderr[-2000:]
+    recap = full.stdout[full.stdout.rindex("PLAY RECAP"):]
+    assert "changed=0" in recap and "failed=0" in recap, recap
+    started = time.monotonic()
+    fast = localenv.up()
+    assert fast.returncode == 0 and "nothing changed" in fast.stdout, fast.stdout[-3000:]
+    assert time.monotonic() - started < 20
+    assert f"X-API-Key: {localenv.api_key}" in fast.stdout
