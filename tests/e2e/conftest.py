@@ -10,110 +10,14 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg2
 import pytest
-import requests
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-SCRIPT = ROOT / "scripts" / "localenv.sh"
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (all sockets held open together, so no duplicates)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
-@dataclass
-class LocalEnv:
-    var_dir: Path
-    vars_file: Path
-    settings: dict  # the localenv_* overrides
-    state: dict  # var/localenv.env: URLs, key, DB URL…
-    up_output: str
-
-    @property
-    def env(self) -> dict:
-        return {**os.environ, "LOCALENV_VAR_DIR": str(self.var_dir)}
-
-    @property
-    def url(self) -> str:
-        return self.state["LOCALENV_URL"]
-
-    @property
-    def cacert(self) -> str:
-        return self.state["LOCALENV_CACERT"]
-
-    @property
-    def api_key(self) -> str:
-        return self.state["PREDICTION_API_KEY"]
-
-    @property
-    def prometheus(self) -> str:
-        return self.state["LOCALENV_PROMETHEUS_URL"]
-
-    def session(self) -> requests.Session:
-        s = requests.Session()
-        # Not the environment's CA bundle or proxies (REQUESTS_CA_BUNDLE would override s.verify):
-        # the environment's own self-signed certificate, straight to loopback.
-        s.trust_env = False
-        s.verify = self.cacert
-        s.headers["X-API-Key"] = self.api_key
-        return s
-
-    def supervisorctl(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "supervisorctl"), "-c", self.state["LOCALENV_SUPERVISOR_CONF"], *args],
-                              capture_output=True, text=True, timeout=120)
-
-    def sql(self, query: str, params=None):
-        conn = psycopg2.connect(self.state["LOCALENV_DB_URL"])
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(query, params)
-                return cur.fetchall() if cur.description else None
-        finally:
-            conn.close()
-
-    def promql(self, expr: str) -> list:
-        r = requests.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
-        body = r.json()
-        assert r.status_code == 200 and body["status"] == "success", f"{expr!r}: {body}"
-        return body["data"]["result"]
-
-    def playbook(self, name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-        env = {**self.env, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_PIPELINING": "1",
-               "ANSIBLE_NOCOLOR": "1"}
-        return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(ROOT / "inventories" / "local"),
-                               str(ROOT / "playbooks" / name), "-e", f"@{self.vars_file}", *args],
-                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
-
-    def up(self, *args: str, full: bool = False) -> subprocess.CompletedProcess:
-        env = {**self.env, **({"LOCALENV_FULL": "1"} if full else {})}
-        return subprocess.run([str(SCRIPT), "up", "-e", f"@{self.vars_file}", *args],
-                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
-
-
-def read_state(path: Path) -> dict:
-    state = {}
-    for line in path.read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            k, v = line.split("=", 1)
-            state[k] = v.strip('"')
-    return state
+from localenv_support import ROOT, SCRIPT, LocalEnv, free_ports, port_free, read_state
 
 
 @pytest.fixture(scope="session")
@@ -123,10 +27,10 @@ def localenv() -> LocalEnv:
     var_dir = Path(tempfile.mkdtemp(prefix="localenv-e2e-"))
     var_dir.chmod(0o755)  # PostgreSQL runs as its own OS user when the tests run as root
     names = ["https", "http", "service_base", "postgres", "redis", "prometheus", "node_exporter"]
-    ports = _free_ports(len(names) + 1)
+    ports = free_ports(len(names) + 1)
     # Service instances take base and base+1: use two adjacent free ports.
     base = next(p for p in random.sample(range(20000, 60000, 2), 500)
-                if _port_free(p) and _port_free(p + 1) and p not in ports and p + 1 not in ports)
+                if port_free(p) and port_free(p + 1) and p not in ports and p + 1 not in ports)
     settings = {f"localenv_{n}_port": p for n, p in zip(names, ports) if n != "service_base"}
     settings.update({"localenv_service_base_port": base, "localenv_service_instances": 2,
                      "localenv_scrape_interval": "2s"})
@@ -149,25 +53,3 @@ def localenv() -> LocalEnv:
             shutil.rmtree(var_dir, ignore_errors=True)
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    """Poll ``predicate()`` until it returns a truthy value; fail naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 — reported below if it never succeeds
-            last = exc
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")

@@ -2,12 +2,11 @@
 dashboard panels show data after traffic; no alert fires while the platform is healthy."""
 import json
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, wait_until
+from localenv_support import ROOT, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

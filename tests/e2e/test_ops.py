@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, wait_until
+from localenv_support import ROOT, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from conftest import run_ok
+from host_expectations import run_ok
 
 
 @pytest.fixture(scope="module")

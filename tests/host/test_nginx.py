@@ -1,5 +1,5 @@
 """nginx: the rendered configuration passes `nginx -t`; plain HTTP only redirects; /metrics is not exposed."""
-from conftest import run_ok
+from host_expectations import run_ok
 
 
 def test_nginx_config_is_valid(host, localenv):

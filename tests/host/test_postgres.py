@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from conftest import run_ok
+from host_expectations import run_ok
 
 UNITS = {"B": 1, "kB": 1024, "8kB": 8192, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
 

@@ -1,7 +1,7 @@
 """Every program of the environment runs under supervisord, and nothing else is supervised."""
 import re
 
-from conftest import run_ok
+from host_expectations import run_ok
 
 
 def _status(host, localenv) -> dict[str, tuple[str, str]]:

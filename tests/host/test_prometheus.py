@@ -1,12 +1,11 @@
 """Prometheus scrapes every service instance (all targets up) and has every alert rule loaded."""
 import json
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, run_ok
+from host_expectations import ROOT, run_ok
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Redis runs with the inventory's settings (roles/redis_tuning) and is bound to loopback."""
-from conftest import run_ok
+from host_expectations import run_ok
 
 
 def _config_get(host, expected, name: str) -> str:

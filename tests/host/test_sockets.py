@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from conftest import run_ok
+from host_expectations import run_ok
 
 LOOPBACK = {"127.0.0.1", "::1"}
 

@@ -1,7 +1,7 @@
 """The gateway's certificate: valid for the host name, not about to expire, key private, TLS 1.2+."""
 import pytest
 
-from conftest import run_ok
+from host_expectations import run_ok
 
 
 @pytest.fixture(scope="module")
