@@ -17,28 +17,29 @@ def token(secret=JWT_SECRET, exp_in=300, algorithm="HS256", **claims):
 
 
 CASES = [
-    # id, headers, expected status, message fragment (for 401s)
-    ("valid api key", {"X-API-Key": API_KEY}, 200, None),
-    ("valid jwt", {"Authorization": f"Bearer {token()}"}, 200, None),
-    ("missing credentials", {}, 401, "missing credentials"),
-    ("wrong api key", {"X-API-Key": API_KEY[:-1] + "x"}, 401, "invalid API key"),
-    ("empty api key", {"X-API-Key": ""}, 401, "invalid API key"),
-    ("api key prefix", {"X-API-Key": API_KEY[:8]}, 401, "invalid API key"),
-    ("expired jwt", {"Authorization": f"Bearer {token(exp_in=-3600)}"}, 401, "token expired"),
-    ("jwt without exp", {"Authorization": f"Bearer {token(exp_in=None)}"}, 401, "no exp claim"),
-    ("jwt wrong secret", {"Authorization": f"Bearer {token(secret='another-secret-0123456789abcdef0123')}"}, 401,
+    # id, headers (made at test time: a JWT minted at collection could expire before its test runs),
+    # expected status, message fragment (for 401s)
+    ("valid api key", lambda: {"X-API-Key": API_KEY}, 200, None),
+    ("valid jwt", lambda: {"Authorization": f"Bearer {token()}"}, 200, None),
+    ("missing credentials", lambda: {}, 401, "missing credentials"),
+    ("wrong api key", lambda: {"X-API-Key": API_KEY[:-1] + "x"}, 401, "invalid API key"),
+    ("empty api key", lambda: {"X-API-Key": ""}, 401, "invalid API key"),
+    ("api key prefix", lambda: {"X-API-Key": API_KEY[:8]}, 401, "invalid API key"),
+    ("expired jwt", lambda: {"Authorization": f"Bearer {token(exp_in=-3600)}"}, 401, "token expired"),
+    ("jwt without exp", lambda: {"Authorization": f"Bearer {token(exp_in=None)}"}, 401, "no exp claim"),
+    ("jwt wrong secret", lambda: {"Authorization": f"Bearer {token(secret='another-secret-0123456789abcdef0123')}"}, 401,
      "signature is invalid"),
-    ("jwt HS512", {"Authorization": f"Bearer {token(secret=JWT_SECRET * 2, algorithm='HS512')}"}, 401, "HS256"),
-    ("garbage token", {"Authorization": "Bearer not.a.jwt"}, 401, "invalid token"),
-    ("basic scheme", {"Authorization": "Basic dXNlcjpwdw=="}, 401, "Bearer <JWT>"),
-    ("bearer without token", {"Authorization": "Bearer "}, 401, "Bearer <JWT>"),
+    ("jwt HS512", lambda: {"Authorization": f"Bearer {token(secret=JWT_SECRET * 2, algorithm='HS512')}"}, 401, "HS256"),
+    ("garbage token", lambda: {"Authorization": "Bearer not.a.jwt"}, 401, "invalid token"),
+    ("basic scheme", lambda: {"Authorization": "Basic dXNlcjpwdw=="}, 401, "Bearer <JWT>"),
+    ("bearer without token", lambda: {"Authorization": "Bearer "}, 401, "Bearer <JWT>"),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 async def test_predict_auth(client, case):
     _, headers, status, fragment = case
-    resp = await client.post("/api/v1/models/iris/predict", json=IRIS, headers=headers)
+    resp = await client.post("/api/v1/models/iris/predict", json=IRIS, headers=headers())
     assert resp.status == status, await resp.text()
     if status == 401:
         error = (await resp.json())["error"]
@@ -50,7 +51,7 @@ async def test_predict_auth(client, case):
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 async def test_models_listing_auth(client, case):
     _, headers, status, _ = case
-    resp = await client.get("/api/v1/models", headers=headers)
+    resp = await client.get("/api/v1/models", headers=headers())
     assert resp.status == status
 
 
