@@ -2,7 +2,7 @@
 
 Service mode (default, issue 2 §4): starts throwaway PostgreSQL + Redis, one service process per
 configuration (DB logging on / off) and the bare-aiohttp baseline, then interleaves
-baseline/candidate runs for scenarios (a)–(d) and checks the goals.
+baseline/candidate runs for scenarios (a)–(d) and (c-shared) and checks the goals.
 
 Gateway mode (issue 5): ``python -m bench --gateway https://localhost:8443 --direct http://127.0.0.1:8001``
 measures an already running local environment (``make up``) through nginx vs one instance directly.
@@ -65,7 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=int(_env("BENCH_WARMUP", 3)),
                    help="seconds of one discarded warm-up run per scenario (BENCH_WARMUP; default 3; 0 = none)")
     p.add_argument("--model", default="iris", help="model to benchmark (default iris)")
-    p.add_argument("--version", default="1", help="model version (default 1: the 50-tree forest); '' = default")
+    p.add_argument("--version", default="",
+                   help="model version (default: the model's default version, as deployed — iris v1, the 50-tree "
+                        "forest, cache tier local)")
+    p.add_argument("--shared-version", default="auto",
+                   help="version for scenario (c-shared), a cache miss on a shared-tier (Redis) version: "
+                        "'auto' = the model's first other version with cache tier shared (iris v2); '' = skip")
     p.add_argument("--feature-range", type=_range, default=(0.0, 8.0),
                    help="LO:HI of the random feature values in cache-miss runs (default 0:8)")
     p.add_argument("--output", type=Path, default=ROOT / "bench-results",
@@ -73,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the service to one CPU and wrk to another with taskset")
     p.add_argument("--markdown", action="store_true", help="print the Markdown tables instead of the console table")
-    p.add_argument("--profile", choices=["b", "c", "d"], default=None,
+    p.add_argument("--profile", choices=["b", "c", "d", "c-shared"], default=None,
                    help="instead of the benchmark: one run of this scenario with the service under pyinstrument; "
                         "writes bench-results/profile-<scenario>.{txt,html,pyisession}")
     g = p.add_argument_group("gateway mode (issue 5; needs the local environment of `make up`)")
@@ -122,7 +127,7 @@ def _check(url: str, api_key: str, body: str, what: str, insecure_tls: bool = Fa
 
 
 def run_service_mode(args, log) -> tuple[dict, str]:
-    from .environment import ServiceEnvironment, combine, cpu_probe, describe_models, metrics_probe, model_features
+    from .environment import ServiceEnvironment, combine, cpu_probe, describe_models, metrics_probe, version_info
     service_cpus, wrk_cpus = _cpus(args.no_pin)
     if not (ROOT / "service" / "models").is_dir():
         raise BenchError("service/models is missing: run `make model` first (make bench does)")
@@ -130,27 +135,39 @@ def run_service_mode(args, log) -> tuple[dict, str]:
         baseline = env.start_baseline()
         logging_on = env.start_service("service-logging-on", PREDICTION_DB_LOGGING="true")
         logging_off = env.start_service("service-logging-off", PREDICTION_DB_LOGGING="false")
-        features = model_features(describe_models(logging_on.url, env.api_key), args.model, args.version)
+        info = version_info(describe_models(logging_on.url, env.api_key), args.model, args.version)
+        features, shared = [f["name"] for f in info["features"]], _shared_version(args, info)
         body = instance_body(features)
         answer = _check(predict_url(logging_on.url, args.model, args.version), env.api_key, body, "service")
         _check(predict_url(baseline.url, args.model, args.version), env.api_key, body, "baseline")
-        log(f"==> {args.model} v{answer.get('version', args.version)} takes {features}; sample answer: "
-            f"{json.dumps(answer)[:160]}")
+        log(f"==> {args.model} v{info['version']} (cache tier {info.get('cache_tier')}) takes {features}; "
+            f"sample answer: {json.dumps(answer)[:160]}")
+        if shared:
+            _check(predict_url(logging_on.url, args.model, shared), env.api_key, body, "service (shared tier)")
+            log(f"==> (c-shared): {args.model} v{shared}, cache tier shared")
+        on = combine(metrics_probe(logging_on.url, args.model), cpu_probe(logging_on.proc.pid))
         plan = service_plan(
             baseline_url=baseline.url, logging_url=logging_on.url, nolog_url=logging_off.url, api_key=env.api_key,
             model=args.model, version=args.version, features=features, feature_range=args.feature_range,
-            connections=args.connections, threads=args.threads,
-            probes={"a": cpu_probe(baseline.proc.pid),
-                    "b": combine(metrics_probe(logging_on.url, args.model), cpu_probe(logging_on.proc.pid)),
-                    "c": combine(metrics_probe(logging_on.url, args.model), cpu_probe(logging_on.proc.pid)),
+            connections=args.connections, threads=args.threads, tier=str(info.get("cache_tier")),
+            shared_version=shared,
+            probes={"a": cpu_probe(baseline.proc.pid), "b": on, "c": on, "c-shared": on,
                     "d": combine(metrics_probe(logging_off.url, args.model), cpu_probe(logging_off.proc.pid))})
         _announce(plan, args, log, service_cpus, wrk_cpus)
         runs = interleave(plan.targets, plan.pairs, args.pairs, args.duration, args.warmup, cpus=wrk_cpus, log=log)
         rows = env.db_rows()
     settings = _settings(args, service_cpus, wrk_cpus)
-    extra = {"model": {"name": args.model, "version": args.version, "features": features},
+    extra = {"model": {"name": args.model, "version": info["version"], "cache_tier": info.get("cache_tier"),
+                       "shared_version": shared, "features": features},
              "database": {"predictions_rows_at_end": rows}}
     return report.build_results(plan, runs, settings, extra), "bench"
+
+
+def _shared_version(args, info: dict) -> str | None:
+    """The version scenario (c-shared) measures, or None to skip it."""
+    if args.shared_version == "auto":
+        return info["shared_versions"][0] if info["shared_versions"] else None
+    return args.shared_version or None
 
 
 def run_gateway_mode(args, log) -> tuple[dict, str]:
@@ -180,7 +197,7 @@ def run_gateway_mode(args, log) -> tuple[dict, str]:
 def run_profile_mode(args, log) -> int:
     """One warm-up and one measured run of a scenario against a service under pyinstrument."""
     import subprocess
-    from .environment import ServiceEnvironment, describe_models, model_features
+    from .environment import ServiceEnvironment, describe_models, version_info
     from .runner import run_wrk
     service_cpus, wrk_cpus = _cpus(args.no_pin)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -189,11 +206,15 @@ def run_profile_mode(args, log) -> int:
     with ServiceEnvironment(logdir=args.output / "logs", service_cpus=service_cpus, log=log) as env:
         svc = env.start_service(f"service-profile-{args.profile}", profile_to=session,
                                 PREDICTION_DB_LOGGING=logging_on)
-        features = model_features(describe_models(svc.url, env.api_key), args.model, args.version)
+        info = version_info(describe_models(svc.url, env.api_key), args.model, args.version)
+        features = [f["name"] for f in info["features"]]
+        shared = _shared_version(args, info)
+        if args.profile == "c-shared" and not shared:
+            raise BenchError(f"{args.model} has no other version with cache tier shared to profile")
         plan = service_plan(baseline_url=svc.url, logging_url=svc.url, nolog_url=svc.url, api_key=env.api_key,
                             model=args.model, version=args.version, features=features,
                             feature_range=args.feature_range, connections=args.connections[:1],
-                            threads=args.threads)
+                            threads=args.threads, tier=str(info.get("cache_tier")), shared_version=shared)
         target = plan.targets[args.profile]
         for round_no, secs in ((0, args.warmup), (1, args.duration)):
             if secs:

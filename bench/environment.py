@@ -297,6 +297,25 @@ def describe_models(base_url: str, api_key: str, insecure_tls: bool = False) -> 
     return json.loads(body)
 
 
+def version_info(doc, model: str, version: str | None) -> dict:
+    """The GET /api/v1/models entry of ``model`` ``version`` (or the default one), plus its name
+    under ``version`` and, under ``shared_versions``, the model's other versions with cache tier
+    "shared"."""
+    entries = doc.get("models", doc) if isinstance(doc, dict) else doc
+    for entry in entries:
+        if entry.get("name") != model:
+            continue
+        want = str(version or entry.get("default_version"))
+        for v in entry.get("versions", []):
+            if str(v.get("version")) == want:
+                shared = [str(o["version"]) for o in entry["versions"]
+                          if o.get("cache_tier") == "shared" and str(o.get("version")) != want]
+                return {**v, "version": want, "shared_versions": shared}
+        raise StartError(f"model {model} has no version {want} "
+                         f"(has {[v.get('version') for v in entry.get('versions', [])]})")
+    raise StartError(f"model {model!r} is not served (models: {[e.get('name') for e in entries]})")
+
+
 def model_features(doc, model: str, version: str | None) -> list[str]:
     """Feature names of ``model`` (``version`` or the default) from a GET /api/v1/models document."""
     entries = doc.get("models", doc) if isinstance(doc, dict) else doc

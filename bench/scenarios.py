@@ -3,8 +3,10 @@
 Two modes share the runner and the report:
 
 - ``service`` (issue 2): one service process against a bare-aiohttp baseline —
-  (a) baseline, (b) predict cache hit, (c) predict cache miss with Redis + DB logging,
-  (d) as (c) with DB logging off.
+  (a) baseline, (b) predict cache hit, (c) predict cache miss with DB logging, on the deployed
+  configuration (the model's own cache tier: iris v1 is "local", so a miss never asks Redis),
+  (d) as (c) with DB logging off, and (c-shared) as (c) on a version whose cache tier is
+  "shared" (iris v2), so the cost of the Redis tier (MGET on a miss, background SET) shows.
 - ``gateway`` (issue 5): the same predict request through nginx TLS (https://localhost:8443)
   against one instance reached directly, at 16 and 64 connections.
 """
@@ -98,24 +100,34 @@ SERVICE_SCENARIOS = {
           "A bare aiohttp handler that parses the same JSON body and returns a constant: the framework ceiling."),
     "b": ("(b) predict, cache hit",
           "The same instance on every request: after the first, answered from the in-process cache tier."),
-    "c": ("(c) predict, cache miss, Redis + DB logging",
-          "A new random instance on every request: Redis lookup misses, ONNX inference, Redis write and "
+    "c": ("(c) predict, cache miss, DB logging, deployed cache tier ({tier})",
+          "A new random instance on every request, on the model version as deployed (its cache tier: {tier}; "
+          "'local' never asks Redis, 'shared' does): cache miss, ONNX inference, the result cached, and "
           "a row queued for PostgreSQL."),
     "d": ("(d) as (c), DB logging off",
           "Like (c) on a service started with PREDICTION_DB_LOGGING=false: the cost of logging is (c) vs (d)."),
+    "c-shared": ("(c-shared) as (c), shared tier: Redis + DB logging ({shared})",
+                 "Like (c) on a model version whose cache tier is 'shared' ({shared}): every miss also does a "
+                 "Redis MGET (merged per event-loop tick) and a background Redis SET (coalesced per 50 ms)."),
 }
 
 
 def service_plan(*, baseline_url: str, logging_url: str, nolog_url: str, api_key: str, model: str,
                  version: str | None, features: list[str], feature_range: tuple[float, float],
                  connections: list[int], threads: int,
-                 probes: dict[str, Callable[[], dict[str, float]]] | None = None) -> Plan:
-    """Scenarios (a)–(d) at each connection count; goals at every count measured."""
+                 probes: dict[str, Callable[[], dict[str, float]]] | None = None,
+                 tier: str = "?", shared_version: str | None = None) -> Plan:
+    """Scenarios (a)–(d), plus (c-shared) when ``shared_version`` is given, at each connection
+    count; goals at every count measured. ``tier``: the cache tier of the benchmarked version."""
     probes = probes or {}
     fixed = ["fixed", [api_key, instance_body(features)]]
     lo, hi = feature_range
     rand = ["random", [api_key, random_template(features), *[f"{lo:g}:{hi:g}"] * len(features)]]
-    where = {"a": (baseline_url, fixed), "b": (logging_url, fixed), "c": (logging_url, rand), "d": (nolog_url, rand)}
+    where = {"a": (baseline_url, fixed, version), "b": (logging_url, fixed, version),
+             "c": (logging_url, rand, version), "d": (nolog_url, rand, version),
+             "c-shared": (logging_url, rand, shared_version)}
+    scenarios = {s: v for s, v in SERVICE_SCENARIOS.items() if s != "c-shared" or shared_version}
+    fill = {"tier": tier, "shared": f"{model} v{shared_version}"}
     targets: dict[str, Target] = {}
     pairs: list[Pair] = []
     extra: list[tuple[str, str, str]] = []
@@ -123,20 +135,25 @@ def service_plan(*, baseline_url: str, logging_url: str, nolog_url: str, api_key
     labels: dict[str, str] = {}
     many = len(connections) > 1
     for conns in connections:
-        k = {s: (f"{s}@{conns}" if many else s) for s in SERVICE_SCENARIOS}
-        for s, (label, desc) in SERVICE_SCENARIOS.items():
-            base, (script, args) = where[s]
-            targets[k[s]] = Target(key=k[s], label=label + (f" @{conns}" if many else ""),
-                                   url=predict_url(base, model, version), script=script, script_args=list(args),
-                                   connections=conns, threads=threads, description=desc,
+        k = {s: (f"{s}@{conns}" if many else s) for s in scenarios}
+        for s, (label, desc) in scenarios.items():
+            base, (script, args), v = where[s]
+            targets[k[s]] = Target(key=k[s], label=label.format(**fill) + (f" @{conns}" if many else ""),
+                                   url=predict_url(base, model, v), script=script, script_args=list(args),
+                                   connections=conns, threads=threads, description=desc.format(**fill),
                                    probe=probes.get(s))
-        for s in ("b", "c", "d"):
-            pairs.append(Pair(k[s], k["a"]))
+        for s in scenarios:
+            if s != "a":
+                pairs.append(Pair(k[s], k["a"]))
         extra.append((f"{k['c']}/{k['d']}", k["c"], k["d"]))
         labels.update({f"{k['b']}/{k['a']}": "(b)/(a) cache hit vs ceiling",
                        f"{k['c']}/{k['a']}": "(c)/(a) cache miss vs ceiling",
                        f"{k['d']}/{k['a']}": "(d)/(a) no DB logging vs ceiling",
                        f"{k['c']}/{k['d']}": "(c)/(d) cost of DB logging"})
+        if "c-shared" in k:
+            labels[f"{k['c-shared']}/{k['a']}"] = "(c-shared)/(a) cache miss, shared tier (Redis) vs ceiling"
+            extra.append((f"{k['c-shared']}/{k['c']}", k["c-shared"], k["c"]))
+            labels[f"{k['c-shared']}/{k['c']}"] = "(c-shared)/(c) cost of the Redis tier on a miss"
         at = f" at {conns} connections"
         goals += [
             Goal(f"(b)/(a) >= 0.7{at}", _ratio(f"{k['b']}/{k['a']}"), 0.7, True, basis="median ratio"),
@@ -147,7 +164,7 @@ def service_plan(*, baseline_url: str, logging_url: str, nolog_url: str, api_key
         for s in ("b", "c", "d"):
             goals.append(Goal(f"p99 of ({s}) < 20 ms{at}", _latency(k[s], "99"), 20.0, False, "ms",
                               basis="median over runs"))
-        goals.append(Goal(f"zero errors{at}", _errors([k[s] for s in SERVICE_SCENARIOS]), 0.0, False,
+        goals.append(Goal(f"zero errors{at}", _errors([k[s] for s in scenarios]), 0.0, False,
                           basis="HTTP errors + socket errors, all measured runs", must_be_zero=True))
     return Plan("service", targets, pairs, extra, goals, labels)
 

@@ -10,8 +10,7 @@ from . import handlers
 from .auth import Authenticator
 from .cache import LocalCache, PredictionCache, RedisTier
 from .config import Settings, redact_url
-from .errors import error_middleware
-from .middleware import guard_middleware, metrics_middleware
+from .middleware import service_middleware
 from .models import ModelRegistry, load_models
 from .openapi import build_openapi
 from .state import STATE, ServiceState
@@ -62,7 +61,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> web
     """Build the application; models are loaded now (or passed in), network clients on start-up."""
     if registry is None:
         registry = load_models(settings.model_path)
-    app = web.Application(middlewares=[metrics_middleware, error_middleware, guard_middleware],
+    app = web.Application(middlewares=[service_middleware],
                           client_max_size=settings.max_body_bytes)
     doc = build_openapi(registry, settings.max_batch, settings.max_body_bytes)
     app[STATE] = ServiceState(

@@ -3,7 +3,10 @@
 Why two tiers: one Redis round trip costs more than a small model's inference, so repeats must be
 answered from process memory. Redis is the shared tier (all replicas see each other's results):
 read only on a local miss — concurrent reads within one event-loop tick are merged into one MGET —
-and written off the response path by a background task that pipelines the SETs.
+and written off the response path by a background task that pipelines the SETs. Writes are
+coalesced for up to WRITE_DELAY seconds (or WRITE_BATCH keys): redis-py spends far more CPU per
+pipeline round than per command, and at a few concurrent connections waking the writer on every
+put made each pipeline carry one or two SETs.
 
 A Redis failure never fails a request: it is counted (``cache_errors_total{operation}``), Redis is
 skipped for a short, growing back-off (so an outage costs nothing per request), and the next
@@ -15,13 +18,13 @@ the canonical instance (JSON key order and ``1`` vs ``1.0`` do not matter).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import struct
 import time
 from collections import OrderedDict
 from hashlib import blake2b
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -35,6 +38,7 @@ BACKOFF_MAX = 5.0
 REDIS_TIMEOUT = 0.25  # seconds; a slow Redis must not hold requests for long
 WRITE_QUEUE_MAX = 10000
 WRITE_BATCH = 500
+WRITE_DELAY = 0.05  # seconds a queued write may wait for others to join its pipeline
 
 
 def redis_key(model: str, version: str, row: list[float]) -> str:
@@ -94,6 +98,7 @@ class RedisTier:
         self._read_scheduled = False
         self._writes: dict[str, bytes] = {}
         self._write_wakeup = asyncio.Event()
+        self._write_timer: asyncio.TimerHandle | None = None
         self._writer_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._skip_get = metrics.cache_errors_total.labels(operation="get_skipped")
@@ -176,8 +181,12 @@ class RedisTier:
         if not self.available or len(self._writes) >= WRITE_QUEUE_MAX:
             self._drop_set.inc()
             return
-        self._writes[key] = value
-        self._write_wakeup.set()
+        writes = self._writes
+        writes[key] = value
+        if len(writes) >= WRITE_BATCH:
+            self._write_wakeup.set()
+        elif self._write_timer is None:
+            self._write_timer = asyncio.get_running_loop().call_later(WRITE_DELAY, self._write_wakeup.set)
 
     def start(self) -> None:
         self._writer_task = asyncio.get_running_loop().create_task(self._write_loop(), name="redis-cache-writer")
@@ -186,6 +195,9 @@ class RedisTier:
         while True:
             await self._write_wakeup.wait()
             self._write_wakeup.clear()
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
             while self._writes:
                 await self._write_batch()
 
@@ -206,6 +218,9 @@ class RedisTier:
             self._succeeded()
 
     async def close(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         if self._writer_task is not None:
             if self._writes and self.available:
                 try:
@@ -268,14 +283,14 @@ class PredictionCache:
         """Remember a freshly computed result in both tiers (Redis in the background)."""
         self.local.put((model.name, model.version, tuple(row)), value)
         if self.shared is not None and model.shared_cache:
-            self.shared.put(redis_key(model.name, model.version, row), json.dumps(value).encode())
+            self.shared.put(redis_key(model.name, model.version, row), orjson.dumps(value))
 
 
 def _decode(raw: bytes | None):
     if raw is None:
         return None
     try:
-        value = json.loads(raw)
-    except ValueError:
+        value = orjson.loads(raw)
+    except ValueError:  # orjson.JSONDecodeError is a ValueError
         return None  # a foreign or corrupt entry is just a miss
     return value if isinstance(value, dict) else None

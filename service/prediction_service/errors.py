@@ -1,7 +1,7 @@
 """JSON errors: ``{"error": {"code": "...", "message": "..."}}`` for every non-2xx answer.
 
-Handlers raise :class:`ApiError`; :func:`error_middleware` turns it — and aiohttp's own HTTP
-exceptions (404, 405, 413 …) and anything unexpected — into that shape. Unexpected exceptions are
+Handlers raise :class:`ApiError`; :func:`handle_exception` (called by middleware.py) turns it —
+and aiohttp's own HTTP exceptions (404, 405, 413 …) and anything unexpected — into that shape. Unexpected exceptions are
 logged with their traceback server-side and answered with a generic 500 that leaks nothing; the
 validators are meant to make that path unreachable for any client input.
 """
@@ -52,17 +52,19 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
     return error_response(exc.status, code, message, headers or None)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Outermost middleware: every error leaves as JSON, no traceback ever reaches the client."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
+def handle_exception(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The JSON answer for an exception raised while handling ``request`` (see middleware.py).
+
+    Every error leaves as JSON, no traceback ever reaches the client; HTTP exceptions below 400
+    (redirects etc.) are re-raised untouched.
+    """
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise  # redirects etc. pass through untouched
+            raise exc
         return _from_http_exception(exc)
-    except Exception:  # noqa: BLE001 — the last line of defence; validators should make this unreachable
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "internal error; the failure has been logged")
+    # The last line of defence; validators should make this unreachable.
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal error; the failure has been logged")
+

@@ -9,7 +9,8 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from aiohttp import web
+import orjson
+from aiohttp import hdrs, web
 
 from . import metrics
 from .errors import ApiError
@@ -100,7 +101,9 @@ async def predict(request: web.Request) -> web.Response:
         raise ApiError(404, "version_not_found",
                        f"model {name!r} has no version {version[:64]!r}; available: {', '.join(sorted(versions))}")
 
-    check_content_type(request.content_type)
+    # The exact common header skips aiohttp's Content-Type parsing; anything else is parsed.
+    if request.headers.get(hdrs.CONTENT_TYPE) != _JSON:
+        check_content_type(request.content_type)
     length = request.content_length
     if length is not None and length > settings.max_body_bytes:
         raise ApiError(413, "body_too_large",
@@ -149,12 +152,11 @@ async def predict(request: web.Request) -> web.Response:
     if writer is not None:
         latency_ms = (time.perf_counter() - start) * 1000.0
         now = datetime.now(timezone.utc)
+        # Records, not dicts: the writer takes them as they are (no per-row conversion).
+        record, name, version = writer.Record, model.name, model.version
         missing_set = set(missing) if hits else None
         for i, (inst, value) in enumerate(zip(instances, results)):
-            writer.submit({"time": now, "model": model.name, "model_version": model.version,
-                           "request_id": request_id, "input": inst, "output": value,
-                           "latency_ms": latency_ms,
-                           "cache_hit": bool(hits) and i not in missing_set})
-    resp = web.Response(body=json.dumps(out).encode(), content_type=_JSON)
-    resp.headers["X-Request-ID"] = request_id
-    return resp
+            writer.submit(record(now, name, version, request_id, inst, value, latency_ms,
+                                 bool(hits) and i not in missing_set))
+    # orjson: several times faster than json.dumps; every value here is a plain str/float/int/dict.
+    return web.Response(body=orjson.dumps(out), headers={hdrs.CONTENT_TYPE: _JSON, "X-Request-ID": request_id})

@@ -32,7 +32,8 @@ def bench_run(tmp_path_factory):
 def test_exits_zero_and_prints_the_table(bench_run):
     proc, _ = bench_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for label in ("(a) baseline", "(b) predict, cache hit", "(c) predict, cache miss", "(d) as (c)"):
+    for label in ("(a) baseline", "(b) predict, cache hit", "(c) predict, cache miss", "(d) as (c)",
+                  "(c-shared) as (c)"):
         assert label in proc.stdout
     assert "goals:" in proc.stdout
     assert ("PASS" in proc.stdout) or ("MISS" in proc.stdout)
@@ -42,15 +43,19 @@ def test_json_has_numbers_for_every_scenario(bench_run):
     proc, out = bench_run
     doc = json.loads((out / "bench.json").read_text())
     assert doc["mode"] == "service"
-    assert set(doc["scenarios"]) == {"a", "b", "c", "d"}
+    assert set(doc["scenarios"]) == {"a", "b", "c", "d", "c-shared"}
     for key, s in doc["scenarios"].items():
-        # the baseline runs before each of the three candidates in every round
-        assert s["runs"] == (3 if key == "a" else 1), key
+        # the baseline runs before each of the four candidates in every round
+        assert s["runs"] == (4 if key == "a" else 1), key
         assert s["rps_median"] > 0 and s["requests"] > 0, key
         for pct in ("50", "95", "99"):
             assert s["latency_ms_median"][pct] > 0, (key, pct)
         assert isinstance(s["error_count"], int), key
-    assert set(doc["ratios"]) == {"b/a", "c/a", "d/a", "c/d"}
+    assert set(doc["ratios"]) == {"b/a", "c/a", "d/a", "c/d", "c-shared/a", "c-shared/c"}
+    # (c) runs the default deployed version (iris v1, local tier), (c-shared) a shared-tier one
+    assert doc["model"]["version"] == "1" and doc["model"]["cache_tier"] == "local"
+    assert doc["model"]["shared_version"] == "2" and "?version=2" in doc["scenarios"]["c-shared"]["url"]
+    assert "?version" not in doc["scenarios"]["c"]["url"]
     for name, r in doc["ratios"].items():
         assert r["min"] <= r["median"] <= r["max"] and r["median"] > 0, name
     assert doc["goals"] and all(isinstance(g["passed"], bool) for g in doc["goals"])
@@ -63,9 +68,10 @@ def test_scenarios_exercise_what_they_claim(bench_run):
     """The cache-hit run hits, the cache-miss runs miss, and the logging service really logs."""
     _, out = bench_run
     doc = json.loads((out / "bench.json").read_text())
-    b, c, d = (doc["scenarios"][k]["probe"] for k in "bcd")
+    b, c, d, cs = (doc["scenarios"][k]["probe"] for k in ("b", "c", "d", "c-shared"))
     hits = lambda p: sum(v for k, v in p.items() if k.startswith("cache_hits_"))  # noqa: E731
     assert hits(b) > 0.95 * (hits(b) + b["cache_misses"])
-    assert c["cache_misses"] > 0.95 * (hits(c) + c["cache_misses"])
-    assert d["cache_misses"] > 0.95 * (hits(d) + d["cache_misses"])
+    for p in (c, d, cs):
+        assert p["cache_misses"] > 0.95 * (hits(p) + p["cache_misses"])
+    assert cs["cache_errors"] == 0  # the shared tier really talked to Redis, without failures
     assert doc["database"]["predictions_rows_at_end"] > 0

@@ -77,6 +77,28 @@ async def test_rows_arrive_one_insert_per_batch_with_their_aggregates(migrated_d
     assert m.value("db_write_queue_rows") == 0
 
 
+async def test_aggregates_group_by_model_version_and_second_of_the_rows_own_time(migrated_db):
+    """PostgreSQL computes them from the batch: requests, cache hits, latency avg (nulls ignored) and max."""
+    t0 = datetime(2024, 5, 1, 12, 0, 0, 100_000, tzinfo=timezone.utc)
+
+    def r(i, *, version="1", t=t0, latency=1.0, hit=False):
+        return {**row(i, hit=hit, when=t), "model_version": version, "latency_ms": latency}
+
+    writer = PredictionWriter(migrated_db, instance="agg", flush_interval=0.05, metrics=private_metrics())
+    for x in (r(0, latency=1.0, hit=True), r(1, latency=3.0), r(2, latency=None),
+              r(3, t=t0 + timedelta(seconds=1), latency=5.0), r(4, version="2", latency=7.0, hit=True)):
+        writer.submit(x)
+    writer.submit(PredictionWriter.Record(t0, "iris", "2", "req-5", {"x": 5}, {"label": 1}, 9.0, False))
+    await writer.start()
+    await eventually(lambda: writer.rows_written == 6, "6 rows written")
+    await writer.close()
+    second = t0.replace(microsecond=0)
+    got = query(migrated_db, "SELECT time, model, model_version, requests, cache_hits, latency_ms_avg, "
+                             "latency_ms_max FROM prediction_metrics WHERE instance = 'agg' ORDER BY 1, 3")
+    assert got == [(second, "iris", "1", 3, 1, 2.0, 3.0), (second, "iris", "2", 2, 1, 8.0, 9.0),
+                   (second + timedelta(seconds=1), "iris", "1", 1, 0, 5.0, 5.0)]
+
+
 async def test_close_flushes_what_is_queued(migrated_db):
     writer = PredictionWriter(migrated_db, instance="a", flush_interval=3600, metrics=private_metrics())
     await writer.start()

@@ -1,10 +1,10 @@
-"""Turning submitted prediction rows into one multi-row INSERT (and its per-flush aggregates).
+"""Turning submitted prediction rows into one multi-row INSERT (and its per-second aggregates).
 
 A batch is written by a single statement: the whole batch travels as ONE JSON array parameter
-(one C-level ``json`` encode for the batch, no per-row SQL quoting on the event loop) and
+(one orjson encode for the batch, no per-row SQL quoting on the event loop) and
 ``jsonb_array_elements`` turns it back into rows in the server. The aggregates for
-``prediction_metrics`` go in the same statement string, so PostgreSQL runs both INSERTs in one
-implicit transaction: a batch and its aggregates are written together or not at all.
+``prediction_metrics`` are computed by PostgreSQL from the rows that statement inserted (a
+data-modifying CTE), so a batch and its aggregates are written together or not at all.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import json
 import math
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
+
+import orjson
 
 
 class Record(NamedTuple):
@@ -27,27 +29,38 @@ class Record(NamedTuple):
     cache_hit: bool
 
 
+# One statement: the rows, and (in the same implicit transaction) their per-second aggregates,
+# computed by PostgreSQL from the rows just inserted. Grouping by the rows' own time (not the
+# flush time) keeps the series true when a backlog is written late, e.g. after an outage.
+# Aggregating in SQL costs the service nothing per row (in Python it was ~5 µs a row).
 INSERT_SQL = """\
-INSERT INTO predictions
-    (time, instance, model, model_version, request_id, input, output, latency_ms, cache_hit)
-SELECT (e->>0)::timestamptz, %(instance)s, e->>1, e->>2, e->>3, e->4, e->5,
-       (e->>6)::double precision, (e->>7)::boolean
-  FROM jsonb_array_elements(%(rows)s::jsonb) AS e;
+WITH inserted AS (
+    INSERT INTO predictions
+        (time, instance, model, model_version, request_id, input, output, latency_ms, cache_hit)
+    SELECT (e->>0)::timestamptz, %(instance)s, e->>1, e->>2, e->>3, e->4, e->5,
+           (e->>6)::double precision, (e->>7)::boolean
+      FROM jsonb_array_elements(%(rows)s::jsonb) AS e
+    RETURNING time, model, model_version, latency_ms, cache_hit
+)
 INSERT INTO prediction_metrics
     (time, instance, model, model_version, requests, cache_hits, latency_ms_avg, latency_ms_max)
-SELECT (e->>0)::timestamptz, %(instance)s, e->>1, e->>2, (e->>3)::integer, (e->>4)::integer,
-       (e->>5)::double precision, (e->>6)::double precision
-  FROM jsonb_array_elements(%(aggregates)s::jsonb) AS e;
+SELECT date_trunc('second', time, 'UTC'), %(instance)s, model, model_version, count(*)::integer,
+       (count(*) FILTER (WHERE cache_hit))::integer, avg(latency_ms), max(latency_ms)
+  FROM inserted
+ GROUP BY 1, 3, 4;
 """
 
 _ENCODER_OPTIONS = {"separators": (",", ":"), "ensure_ascii": False}
 
 
-def to_record(row: dict[str, Any]) -> Record:
+def to_record(row: dict[str, Any] | Record) -> Record:
     """Validate and convert one submitted row; raises ``ValueError``/``TypeError``/``KeyError`` if unusable.
 
-    ``time`` defaults to now and a naive time is taken as UTC; ``model`` is required.
+    ``time`` defaults to now and a naive time is taken as UTC; ``model`` is required. A
+    :class:`Record` is taken as it is: whoever built one (the predict handler) vouches for it.
     """
+    if type(row) is Record:
+        return row
     when = row.get("time")
     if when is None:
         when = datetime.now(timezone.utc)
@@ -82,10 +95,13 @@ def statement_params(records: list[Record], instance: str) -> tuple[dict[str, An
     (e.g. numpy values); a record that still cannot be encoded is left out of the returned list.
     """
     try:
-        rows = _STRICT.encode([_row(r) for r in records])
+        # A Record's fields are in the order the SQL reads them (e->>0 … e->>7); orjson writes
+        # the aware datetime exactly as isoformat() does.
+        rows = orjson.dumps([list(r) for r in records], default=_json_default, option=_ORJSON_OPTIONS).decode()
         kept = records
     except (ValueError, TypeError, RecursionError):
-        # Rare: some record holds NaN or a cycle. Encode one by one, mending or leaving out.
+        # Rare: some record holds a cycle, an integer beyond 64 bits, a lone surrogate or an
+        # unusual datetime. Encode one by one with the json module, mending or leaving out.
         parts, kept = [], []
         for r in records:
             try:
@@ -94,30 +110,7 @@ def statement_params(records: list[Record], instance: str) -> tuple[dict[str, An
                 continue
             kept.append(r)
         rows = "[" + ",".join(parts) + "]"
-    aggregates = [[t.isoformat(), m, v, n, h, avg, top] for t, m, v, n, h, avg, top in aggregate(kept)]
-    return {"instance": instance, "rows": rows, "aggregates": _STRICT.encode(aggregates)}, kept
-
-
-def aggregate(records: list[Record]) -> list[tuple]:
-    """Per (model, version, second) of the rows' own time: requests, cache hits, latency avg and max.
-
-    Grouping by the rows' time (not the flush time) keeps the series true when a backlog is written
-    late, e.g. after a database outage.
-    """
-    groups: dict[tuple, list] = {}
-    for r in records:
-        key = (r.time.replace(microsecond=0), r.model, r.model_version)
-        g = groups.get(key)
-        if g is None:
-            g = groups[key] = [0, 0, 0.0, 0, None]  # requests, hits, latency sum, latency n, max
-        g[0] += 1
-        g[1] += r.cache_hit
-        if r.latency_ms is not None:
-            g[2] += r.latency_ms
-            g[3] += 1
-            g[4] = r.latency_ms if g[4] is None else max(g[4], r.latency_ms)
-    return [(t, m, v, n, hits, (total / count) if count else None, top)
-            for (t, m, v), (n, hits, total, count, top) in groups.items()]
+    return {"instance": instance, "rows": rows}, kept
 
 
 def _row(r: Record) -> list:
@@ -152,6 +145,12 @@ def _finite(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return _finite(value.tolist())
     return value
+
+
+# orjson (one C call for the whole batch, ~10x the json module) writes NaN and infinity as
+# null, which is what the mending path does too; numpy values and non-str keys come out as with
+# the json module.
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 # One encoder reused: json.dumps with options builds a new encoder per call.

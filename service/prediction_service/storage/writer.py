@@ -64,6 +64,10 @@ class PredictionWriter:
     ``submit`` must be called from the event loop's thread.
     """
 
+    # The row type submit() also takes (already validated: no per-row conversion in the writer),
+    # here so the request path need not import the storage package itself.
+    Record = Record
+
     def __init__(self, dsn: str, instance: str, queue_max: int = 100_000, flush_interval: float = 0.5,
                  batch_max: int = 1000, retention_days: int = 30, metrics: Any = None, *,
                  partitions_ahead: int = 7, maintenance_interval: float = 3600.0,
@@ -94,7 +98,7 @@ class PredictionWriter:
         self._m_queue, self._m_written, self._m_dropped, self._m_errors = (
             m["DB_WRITE_QUEUE_ROWS"], m["DB_ROWS_WRITTEN"], m["DB_ROWS_DROPPED"], m["DB_WRITE_ERRORS"])
 
-        self._queue: collections.deque[dict] = collections.deque()
+        self._queue: collections.deque[dict | Record] = collections.deque()
         self._inflight: list[Record] = []  # the batch being written; kept until it commits
         self._pool: aiopg.Pool | None = None
         self._task: asyncio.Task | None = None
@@ -106,9 +110,10 @@ class PredictionWriter:
         self._next_maintenance = 0.0
 
     # -- the request path -------------------------------------------------------------------
-    def submit(self, row: dict) -> None:
+    def submit(self, row: dict | Record) -> None:
         """Queue one row (keys: time, model, model_version, request_id, input, output, latency_ms,
-        cache_hit). Never blocks, never raises; at the bound the oldest queued row is dropped."""
+        cache_hit; or a :class:`Record` of them). Never blocks, never raises; at the bound the
+        oldest queued row is dropped."""
         try:
             if self._closed:
                 self._drop(1)
@@ -304,8 +309,8 @@ class PredictionWriter:
             return 0
         async with self._pool.acquire() as conn:
             async with conn.cursor() as cur:
-                # aiopg connections are autocommit; two statements in one query string still run
-                # as one implicit transaction, so a batch and its aggregates commit together.
+                # aiopg connections are autocommit; the rows and their aggregates are one
+                # statement (a data-modifying CTE), so they commit together.
                 await cur.execute(INSERT_SQL, params, timeout=self.statement_timeout)
         return len(kept)
 
