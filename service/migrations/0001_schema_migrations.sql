@@ -4,8 +4,8 @@
 -- (community.postgresql) all apply these same files. Rules for every file in this folder:
 --   * no psql meta-commands;
 --   * no percent sign anywhere (a driver given an empty parameter list would read it as a placeholder);
---   * safe to apply twice (IF NOT EXISTS, CREATE OR REPLACE), because Ansible and psql do not read
---     schema_migrations before applying a file;
+--   * safe to apply twice (IF NOT EXISTS, CREATE OR REPLACE): the Python runner and the Ansible role
+--     apply only versions missing from schema_migrations, but plain psql -f does not look first;
 --   * the file records itself in schema_migrations as its last statement.
 
 CREATE TABLE IF NOT EXISTS schema_migrations (
