@@ -63,6 +63,12 @@ def test_testinfra_suite_passes_against_local(localenv):
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-1500:]
 
 
+def test_healthcheck_playbook_passes(localenv):
+    """The operators' health check (gateway /health and /ready, pg_isready, Redis PING) on this environment."""
+    run = localenv.playbook("healthcheck.yml")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
 def test_down_stops_everything_and_up_keeps_the_data(localenv):
     before = _flushed(localenv)
     assert before[0] > 0
