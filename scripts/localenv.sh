@@ -44,7 +44,9 @@ restart_unchanged() {
     fi
     sleep 0.5
   done
-  echo "==> not ready after 90 s; running the playbook"
+  echo "==> not ready after 90 s; stopping it and running the playbook (see $VAR_DIR/supervisor/logs)"
+  supervisorctl shutdown >/dev/null 2>&1 || true
+  for _ in $(seq 1 120); do [[ -f "$VAR_DIR/supervisor/supervisord.pid" ]] || break; sleep 0.5; done
   return 1
 }
 
