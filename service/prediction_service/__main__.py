@@ -4,6 +4,7 @@ Configuration errors print one line naming the variable and exit with status 2.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -55,6 +56,11 @@ def serve() -> int:
     if not app_has_models(app):
         log.error("no model could be loaded from %s; /ready answers 503 until one is", settings.model_path)
     log.info("serving on http://%s:%d as %s", settings.host, settings.port, settings.instance)
+    # Everything loaded so far (modules, models, the app) lives as long as the process: move it out
+    # of the cyclic GC's sight, so the full collections that cache and write-queue churn trigger
+    # scan only the objects created since (measured: GC CPU per request down several-fold).
+    gc.collect()
+    gc.freeze()
     # SIGTERM/SIGINT: run_app stops accepting, waits up to shutdown_timeout for in-flight requests,
     # then runs the cleanup context (which flushes the prediction writer).
     web.run_app(app, host=settings.host, port=settings.port, access_log=None,

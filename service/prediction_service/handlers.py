@@ -14,7 +14,7 @@ from aiohttp import hdrs, web
 
 from . import metrics
 from .errors import ApiError
-from .state import BODY_READ, STATE
+from .state import STATE
 from .validation import check_content_type, feature_row, instances_of, parse_json
 
 log = logging.getLogger(__name__)
@@ -108,13 +108,11 @@ async def predict(request: web.Request) -> web.Response:
     if length is not None and length > settings.max_body_bytes:
         raise ApiError(413, "body_too_large",
                        f"request body is {length} bytes; the limit is {settings.max_body_bytes} bytes")
-    request[BODY_READ] = False
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "body_too_large",
                        f"request body exceeds the limit of {settings.max_body_bytes} bytes") from None
-    request[BODY_READ] = True
 
     instances, _ = instances_of(parse_json(body), settings.max_batch)
     rows = [feature_row(inst, model, i) for i, inst in enumerate(instances)]

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from . import metrics
 from .errors import ApiError, handle_exception
-from .state import BODY_READ, STATE
+from .state import STATE
 
 API_PREFIX = "/api/v1/"
 RETRY_AFTER_SECONDS = "1"
@@ -78,7 +78,7 @@ async def _guarded(request: web.Request, handler, state) -> web.StreamResponse:
         # The timeout as one timer that cancels this task, instead of asyncio.timeout(): that
         # context manager costs several times more per request (enter, exit, state checks).
         # Same semantics: our cancel is told apart from anyone else's by `fired` + uncancel().
-        task = asyncio.current_task()
+        task = asyncio.current_task()  # the handler's own task (request.task is the connection's)
         loop = asyncio.get_running_loop()
         fired: list = []
         cancelling = task.cancelling()
@@ -89,7 +89,7 @@ async def _guarded(request: web.Request, handler, state) -> web.StreamResponse:
             if not fired or task.uncancel() > cancelling:
                 raise  # not (only) our timeout: let the cancellation through
             _rejected_timeout.inc()
-            if not request.get(BODY_READ, True):
+            if not request.content.is_eof():  # the body was still arriving
                 raise ApiError(408, "request_timeout",
                                f"the request body did not arrive within {settings.request_timeout_seconds:g}s") from None
             raise ApiError(503, "timeout",

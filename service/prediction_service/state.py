@@ -25,5 +25,3 @@ class ServiceState:
 
 
 STATE = web.AppKey("state", ServiceState)
-# Set by the predict handler: False while the body is still arriving (a timeout then is a 408).
-BODY_READ = web.RequestKey("body_read", bool)

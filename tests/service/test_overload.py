@@ -69,3 +69,20 @@ async def test_body_that_never_arrives_times_out_with_408(aiohttp_client, make_s
     assert head.startswith(b"HTTP/1.1 408")
     assert b'"code": "request_timeout"' in head
     await wait_in_flight(app, 0)  # the slot is released
+
+
+async def test_slow_handler_times_out_with_503_and_releases_its_slot(aiohttp_client, make_settings):
+    """The timeout cancels only the request's own handler; the connection keeps serving."""
+    app = create_app(make_settings(request_timeout_seconds=0.2))
+
+    async def slow(request):
+        await asyncio.sleep(30)
+
+    app.router.add_get("/api/v1/slow", slow)
+    client = await aiohttp_client(app)
+    resp = await client.get("/api/v1/slow", headers=AUTH)
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    assert (await resp.json())["error"]["code"] == "timeout"
+    await wait_in_flight(app, 0)
+    # Same keep-alive connection, next request: served normally.
+    assert (await client.post("/api/v1/models/iris/predict", json=IRIS, headers=AUTH)).status == 200
