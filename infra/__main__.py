@@ -23,3 +23,5 @@ pulumi.export("prometheus_url", monitoring.prometheus_url)
 pulumi.export("grafana_url", monitoring.grafana_url)
 pulumi.export("api_key", service.api_key)
 pulumi.export("grafana_admin_password", monitoring.grafana_admin_password)
+# For the ops playbooks (PREDICTION_DB_PASSWORD); a secret output, shown only with --show-secrets.
+pulumi.export("db_password", database.password)

@@ -58,8 +58,8 @@ class DatabaseConfig:
     hostPort: Optional[int] = None
     hostBindAddress: str = "127.0.0.1"
     memoryMb: Optional[int] = None
-    # Extra `postgres -c key=value` settings (e.g. shared_buffers sized for the stack's host).
-    settings: dict[str, str] = field(default_factory=dict)
+    # No PostgreSQL tuning here on purpose: `postgres -c` flags would override ALTER SYSTEM, and the
+    # settings have one owner, roles/timescaledb_tuning (playbooks/db-tune.yml, sized from memoryMb).
     protectVolume: bool = False
 
 

@@ -54,9 +54,9 @@ class Database(pulumi.ComponentResource):
         uploads = [docker.ContainerUploadArgs(file=f"{INITDB_DIR}/{p.name}", content=p.read_text())
                    for p in migrations]
 
+        # Only what the container needs; tuning is ALTER SYSTEM by playbooks/db-tune.yml, persisted in
+        # the data volume's postgresql.auto.conf (command-line flags would override it).
         command = ["postgres", "-c", "listen_addresses=*"]
-        for key, value in sorted(db.settings.items()):
-            command += ["-c", f"{key}={value}"]
 
         ports = []
         if db.hostPort is not None:
