@@ -38,7 +38,8 @@ restart_unchanged() {
   # shellcheck disable=SC1090
   source "$STATE"
   for _ in $(seq 1 180); do
-    if supervisorctl status >/dev/null 2>&1 \
+    # Every program past its startsecs (RUNNING, not STARTING) and the gateway answering /ready.
+    if [[ "$(supervisorctl status 2>/dev/null | grep -vc ' RUNNING ' || true)" == 0 ]] \
        && [[ "$(curl -s -o /dev/null -w '%{http_code}' --cacert "$LOCALENV_CACERT" "$LOCALENV_URL/ready")" == 200 ]]; then
       return 0
     fi
