@@ -151,10 +151,10 @@ async def predict(request: web.Request) -> web.Response:
         latency_ms = (time.perf_counter() - start) * 1000.0
         now = datetime.now(timezone.utc)
         # Records, not dicts: the writer takes them as they are (no per-row conversion).
-        record, name, version = writer.Record, model.name, model.version
+        record, model_name, model_version = writer.Record, model.name, model.version
         missing_set = set(missing) if hits else None
         for i, (inst, value) in enumerate(zip(instances, results)):
-            writer.submit(record(now, name, version, request_id, inst, value, latency_ms,
+            writer.submit(record(now, model_name, model_version, request_id, inst, value, latency_ms,
                                  bool(hits) and i not in missing_set))
     # orjson: several times faster than json.dumps; every value here is a plain str/float/int/dict.
     return web.Response(body=orjson.dumps(out), headers={hdrs.CONTENT_TYPE: _JSON, "X-Request-ID": request_id})

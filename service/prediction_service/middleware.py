@@ -86,8 +86,11 @@ async def _guarded(request: web.Request, handler, state) -> web.StreamResponse:
         try:
             return await handler(request)
         except asyncio.CancelledError:
-            if not fired or task.uncancel() > cancelling:
-                raise  # not (only) our timeout: let the cancellation through
+            if not fired:
+                raise  # not our timeout
+            fired.clear()
+            if task.uncancel() > cancelling:
+                raise  # someone else cancelled this task too: let that through
             _rejected_timeout.inc()
             if not request.content.is_eof():  # the body was still arriving
                 raise ApiError(408, "request_timeout",
@@ -97,6 +100,8 @@ async def _guarded(request: web.Request, handler, state) -> web.StreamResponse:
                            headers={"Retry-After": RETRY_AFTER_SECONDS}) from None
         finally:
             timer.cancel()
+            if fired:  # expired, but the handler swallowed our cancel: withdraw it (as asyncio.timeout does)
+                task.uncancel()
     finally:
         state.in_flight -= 1
         _in_progress -= 1
