@@ -6,7 +6,7 @@ import time
 import jwt
 import pytest
 
-from conftest import API_KEY, IRIS, JWT_SECRET
+from service_support import API_KEY, IRIS, JWT_SECRET
 
 
 def token(secret=JWT_SECRET, exp_in=300, algorithm="HS256", **claims):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import AUTH, IRIS
+from service_support import AUTH, IRIS
 
 URL = "/api/v1/models/iris/predict"
 JSON = {**AUTH, "Content-Type": "application/json"}

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import SERVICE_DIR, service_env
+from service_support import SERVICE_DIR, service_env
 from prediction_service.config import ConfigError, load_settings
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg2
 
-from conftest import SERVICE_DIR, ServiceProcess, service_env
+from service_support import SERVICE_DIR, ServiceProcess, service_env
 
 DOCKERFILE = (SERVICE_DIR / "Dockerfile").read_text()
 

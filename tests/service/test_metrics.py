@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import AUTH, IRIS
+from service_support import AUTH, IRIS
 from metrics_text import sample
 
 CONTRACT_NAMES = [

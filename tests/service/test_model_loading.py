@@ -5,7 +5,7 @@ import hashlib
 import json
 import shutil
 
-from conftest import AUTH, IRIS, _load_training_module
+from service_support import AUTH, IRIS, load_training_module
 from metrics_text import sample
 from prediction_service.app import create_app
 from prediction_service.models import load_models
@@ -71,7 +71,7 @@ async def test_not_ready_without_any_model(aiohttp_client, make_settings, tmp_pa
 
 
 def test_training_is_reproducible(tmp_path):
-    train = _load_training_module().train
+    train = load_training_module().train
     first, second = tmp_path / "a", tmp_path / "b"
     train(first)
     train(second)

@@ -6,7 +6,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from conftest import AUTH, ServiceProcess, service_env
+from service_support import AUTH, ServiceProcess, service_env
 from prediction_service.app import create_app
 
 

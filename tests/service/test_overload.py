@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from conftest import API_KEY, AUTH, IRIS
+from service_support import API_KEY, AUTH, IRIS
 from prediction_service.app import create_app
 from prediction_service.state import STATE
 

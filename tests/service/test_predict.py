@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from conftest import AUTH, IRIS
+from service_support import AUTH, IRIS
 
 PREDICT = "/api/v1/models/{}/predict"
 SETOSA = IRIS

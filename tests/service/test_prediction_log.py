@@ -9,7 +9,7 @@ import psycopg2
 import pytest
 import requests
 
-from conftest import AUTH, IRIS, ServiceProcess, service_env, wait_until
+from service_support import AUTH, IRIS, ServiceProcess, service_env, wait_until
 from prediction_service.app import create_app
 from prediction_service.storage import apply_migrations
 

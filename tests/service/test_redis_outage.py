@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from conftest import AUTH, IRIS
+from service_support import AUTH, IRIS
 from metrics_text import sample
 from prediction_service.app import create_app
 
