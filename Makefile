@@ -7,19 +7,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 STACK ?= dev
 MODELS := service/models
+LOCALENV_VAR_DIR ?= $(CURDIR)/var
 
 # System packages the tests and the local environment run for real.
 APT_PACKAGES := postgresql-15 postgresql-client-15 redis-server redis-tools nginx prometheus \
 	prometheus-node-exporter wrk openssl curl
 
-.PHONY: help deps system-deps venv model test up down status bench preview deploy lint clean
+.PHONY: help deps system-deps venv model test up down status bench bench-gateway preview deploy lint clean
 
 help:
 	@echo "make up       run the platform on this machine (prints URL and a ready curl)"
 	@echo "make down     stop what make up started"
 	@echo "make status   show each process and URL of the local environment"
 	@echo "make test     install everything needed, then run all tests"
-	@echo "make bench    benchmark the service (ratios against a bare-aiohttp baseline)"
+	@echo "make bench    benchmark one service process (ratios against a bare-aiohttp baseline), then the gateway"
+	@echo "make bench-gateway   only the gateway vs direct part (runs make up first)"
 	@echo "make model    (re)build the demo models into $(MODELS)/"
 	@echo "make preview|deploy STACK=dev|staging|prod   pulumi preview / up for one stack"
 
@@ -63,8 +65,16 @@ down:
 status:
 	@scripts/localenv.sh status
 
+# One service process against a bare-aiohttp baseline (starts its own throwaway servers), then the
+# whole local environment: through the TLS gateway vs straight to one instance.
 bench: deps $(MODELS)/.built
 	@$(BIN)/python -m bench
+	@$(MAKE) --no-print-directory bench-gateway
+
+bench-gateway: up
+	@set -a && source "$(LOCALENV_VAR_DIR)/localenv.env" && set +a && \
+	$(BIN)/python -m bench --gateway "$$LOCALENV_URL" --direct "$${LOCALENV_SERVICE_URLS%% *}" \
+		--api-key "$$PREDICTION_API_KEY"
 
 preview deploy: venv
 	@command -v pulumi >/dev/null || { echo "pulumi CLI not found: install it from pulumi.com/docs/install to $@ stack '$(STACK)'"; exit 1; }
