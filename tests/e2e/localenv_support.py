@@ -13,9 +13,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg2
 import pytest
 import requests
+
+from harness.postgres import query as harness_query
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -73,14 +74,7 @@ class LocalEnv:
                               capture_output=True, text=True, timeout=120)
 
     def sql(self, query: str, params=None):
-        conn = psycopg2.connect(self.state["LOCALENV_DB_URL"])
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(query, params)
-                return cur.fetchall() if cur.description else None
-        finally:
-            conn.close()
+        return harness_query(self.state["LOCALENV_DB_URL"], query, params)
 
     def promql(self, expr: str) -> list:
         r = requests.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)

@@ -129,18 +129,23 @@ class PostgresServer:
 
     def execute(self, sql: str, params=None, dbname: str | None = None, admin: bool = True):
         """Run one statement (autocommit) and return all rows, or None for statements without rows."""
-        conn = psycopg2.connect(self.dsn(dbname or self.dbname, admin=admin))
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall() if cur.description else None
-        finally:
-            conn.close()
+        return query(self.dsn(dbname or self.dbname, admin=admin), sql, params)
 
     def destroy(self) -> None:
         self.stop(mode="immediate")
         shutil.rmtree(self.basedir, ignore_errors=True)
+
+
+def query(dsn: str, sql: str, params=None):
+    """Run one statement on ``dsn`` (autocommit); all rows, or None for statements without rows."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
 
 
 def start_postgres() -> PostgresServer:

@@ -14,7 +14,7 @@ from prediction_service.storage import (MIGRATIONS_DIR, apply_migrations, pendin
                                         rollback_migrations)
 from prediction_service.storage.migrations import MigrationError, discover
 
-from storage_helpers import query
+from harness.postgres import query
 
 PSQL = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")) / "psql"
 UP_FILES = sorted(MIGRATIONS_DIR.glob("*.sql"))

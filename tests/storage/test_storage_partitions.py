@@ -10,7 +10,7 @@ import pytest
 
 from prediction_service.storage import MIGRATIONS_DIR
 
-from storage_helpers import query
+from harness.postgres import query
 
 PARENTS = ("predictions", "prediction_metrics")
 

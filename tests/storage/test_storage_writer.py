@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from prediction_service.storage import PredictionWriter, apply_migrations
 
-from storage_helpers import query
+from harness.postgres import query
 
 
 def private_metrics() -> SimpleNamespace:
