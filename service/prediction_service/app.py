@@ -57,6 +57,12 @@ async def _external_clients(app: web.Application):
         await state.redis.close()
 
 
+async def _mark_shutting_down(app: web.Application) -> None:
+    # aiohttp stops reading sockets once shutdown starts: a request whose body was still arriving
+    # can never complete here, and the client should hear "retry elsewhere", not "you were slow".
+    app[STATE].shutting_down = True
+
+
 def create_app(settings: Settings, registry: ModelRegistry | None = None) -> web.Application:
     """Build the application; models are loaded now (or passed in), network clients on start-up."""
     if registry is None:
@@ -70,4 +76,5 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> web
         openapi_body=json.dumps(doc).encode())
     add_routes(app)
     app.cleanup_ctx.append(_external_clients)
+    app.on_shutdown.append(_mark_shutting_down)
     return app

@@ -92,6 +92,9 @@ async def _guarded(request: web.Request, handler, state) -> web.StreamResponse:
             if task.uncancel() > cancelling:
                 raise  # someone else cancelled this task too: let that through
             _rejected_timeout.inc()
+            if not request.content.is_eof() and state.shutting_down:  # we stopped reading, not the client
+                raise ApiError(503, "shutting_down", "this instance is shutting down; retry the request",
+                               headers={"Retry-After": RETRY_AFTER_SECONDS}) from None
             if not request.content.is_eof():  # the body was still arriving
                 raise ApiError(408, "request_timeout",
                                f"the request body did not arrive within {settings.request_timeout_seconds:g}s") from None

@@ -21,6 +21,7 @@ class ServiceState:
     redis: RedisTier | None = None
     writer: object | None = None  # storage.PredictionWriter when PREDICTION_DB_LOGGING is on
     in_flight: int = 0
+    shutting_down: bool = False  # set when SIGTERM starts the graceful shutdown
     extra: dict = field(default_factory=dict)
 
 
