@@ -114,7 +114,7 @@ async def predict(request: web.Request) -> web.Response:
         raise ApiError(413, "body_too_large",
                        f"request body exceeds the limit of {settings.max_body_bytes} bytes") from None
 
-    instances, _ = instances_of(parse_json(body), settings.max_batch)
+    instances = instances_of(parse_json(body), settings.max_batch)
     rows = [feature_row(inst, model, i) for i, inst in enumerate(instances)]
     n = len(rows)
 

@@ -51,7 +51,7 @@ db_write_queue_rows = Gauge(
 db_rows_written_total = Counter(
     f"{NS}_db_rows_written_total", "Prediction rows written to the database.")
 db_rows_dropped_total = Counter(
-    f"{NS}_db_rows_dropped_total", "Prediction rows dropped because the write queue was full.")
+    f"{NS}_db_rows_dropped_total", "Prediction rows dropped: write queue full, row not storable, or not written at shutdown.")
 db_write_errors_total = Counter(
     f"{NS}_db_write_errors_total", "Failed database write attempts (each is retried with backoff).")
 

@@ -1,7 +1,7 @@
 """What the handlers share: settings, models, cache, writer — created once per application."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -22,7 +22,6 @@ class ServiceState:
     writer: object | None = None  # storage.PredictionWriter when PREDICTION_DB_LOGGING is on
     in_flight: int = 0
     shutting_down: bool = False  # set when SIGTERM starts the graceful shutdown
-    extra: dict = field(default_factory=dict)
 
 
 STATE = web.AppKey("state", ServiceState)

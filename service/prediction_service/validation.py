@@ -73,13 +73,13 @@ def parse_json(body: bytes):
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {_short(str(exc), 120)}") from None
 
 
-def instances_of(doc, max_batch: int) -> tuple[list, bool]:
-    """The list of instances in the request document, and whether it was a batch."""
+def instances_of(doc, max_batch: int) -> list:
+    """The list of instances in the request document (one for a single-instance body)."""
     if not isinstance(doc, dict):
         raise ApiError(422, "invalid_body",
                        'body must be a JSON object: one instance of feature values, or {"instances": [...]}')
     if "instances" not in doc:
-        return [doc], False
+        return [doc]
     if len(doc) != 1:
         extra = [k for k in doc if k != "instances"]
         raise ApiError(422, "invalid_body", f"a batch body holds only 'instances'; unexpected keys: {_names(extra)}")
@@ -91,7 +91,7 @@ def instances_of(doc, max_batch: int) -> tuple[list, bool]:
     if len(instances) > max_batch:
         raise ApiError(422, "batch_too_large",
                        f"batch has {len(instances)} instances; the limit is {max_batch} per request")
-    return instances, True
+    return instances
 
 
 def feature_row(instance, model: Model, index: int) -> list[float]:
