@@ -14,6 +14,7 @@ from network import Networks
 
 SERVICE_DIR = REPO_ROOT / "service"
 DOCKERFILE = SERVICE_DIR / "Dockerfile"
+STOP_TIMEOUT_SECONDS = 45
 
 
 class PredictionService(pulumi.ComponentResource):
@@ -92,6 +93,10 @@ class PredictionService(pulumi.ComponentResource):
                     interval="10s", timeout="5s", retries=3, start_period="20s"),
                 restart="on-failure",
                 max_retry_count=s.maxRetryCount,
+                # Docker's default 10 s before SIGKILL is shorter than a graceful stop: in-flight
+                # requests (PREDICTION_REQUEST_TIMEOUT_SECONDS + 1 s), then the prediction writer's
+                # flush (up to 30 s) — rows still queued at a SIGKILL would be lost.
+                stop_timeout=STOP_TIMEOUT_SECONDS,
                 cpus=None if s.cpus is None else f"{s.cpus:g}",
                 memory=s.memoryMb,
                 wait=True,

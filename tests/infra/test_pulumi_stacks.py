@@ -123,6 +123,8 @@ def test_restart_policies(stack):
     _, graph, _ = stack
     for replica in graph.replicas():
         assert replica.get("restart") == "on-failure"
+        # SIGTERM → in-flight requests (5 s + 1 s) → writer flush (≤ 30 s) must fit before SIGKILL.
+        assert replica.get("stopTimeout") >= 36
     for name in DATA_CONTAINERS + APP_ONLY_CONTAINERS:
         assert graph.container(name).get("restart") == "unless-stopped", name
 
