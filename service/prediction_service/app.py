@@ -69,11 +69,12 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> web
         registry = load_models(settings.model_path)
     app = web.Application(middlewares=[service_middleware],
                           client_max_size=settings.max_body_bytes)
-    doc = build_openapi(registry, settings.max_batch, settings.max_body_bytes)
+    documents = {via: json.dumps(build_openapi(registry, settings.max_batch, settings.max_body_bytes,
+                                               gateway=via)).encode() for via in (False, True)}
     app[STATE] = ServiceState(
         settings=settings, registry=registry, auth=Authenticator(settings.api_key, settings.jwt_secret),
         cache=PredictionCache(LocalCache(settings.local_cache_size, settings.cache_ttl_seconds), None),
-        openapi_body=json.dumps(doc).encode())
+        openapi_body=documents[False], openapi_gateway_body=documents[True])
     add_routes(app)
     app.cleanup_ctx.append(_external_clients)
     app.on_shutdown.append(_mark_shutting_down)

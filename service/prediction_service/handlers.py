@@ -4,24 +4,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
-import uuid
-from datetime import datetime, timezone
 
 import orjson
 from aiohttp import hdrs, web
 
 from . import metrics
-from .errors import ApiError
+from .prediction import find_model, log_predictions, predict_rows, read_body, request_id
 from .state import STATE
-from .validation import check_content_type, feature_row, instances_of, parse_json
+from .validation import feature_row, instances_of, parse_json
 
 log = logging.getLogger(__name__)
 
-# Larger batches run in a worker thread (ONNX Runtime releases the GIL) so the event loop keeps
-# answering other requests; small ones run inline, where a thread hop would cost more than the model.
-EXECUTOR_MIN_ROWS = 64
 READY_CHECK_TIMEOUT = 1.0
 _JSON = "application/json"
 
@@ -67,22 +61,14 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[STATE].openapi_body, content_type=_JSON)
+    """The OpenAPI document; through the gateway (which always sets X-Forwarded-Proto) its own variant."""
+    state = request.app[STATE]
+    via_gateway = hdrs.X_FORWARDED_PROTO in request.headers
+    return web.Response(body=state.openapi_gateway_body if via_gateway else state.openapi_body, content_type=_JSON)
 
 
 async def list_models(request: web.Request) -> web.Response:
     return _json({"models": request.app[STATE].registry.describe()})
-
-
-def _request_id(request: web.Request) -> str:
-    supplied = request.headers.get("X-Request-ID")
-    if supplied:
-        try:
-            return str(uuid.UUID(supplied))  # only well-formed UUIDs are trusted into the log table
-        except ValueError:
-            pass
-    # 128 random bits as hex: as unique as uuid4, a fraction of its cost on the hot path.
-    return os.urandom(16).hex()
 
 
 async def predict(request: web.Request) -> web.Response:
@@ -90,71 +76,24 @@ async def predict(request: web.Request) -> web.Response:
     start = time.perf_counter()
     state = request.app[STATE]
     settings = state.settings
-    name = request.match_info["name"]
-    version = request.query.get("version")
-    versions = state.registry.models.get(name)
-    if versions is None:
-        known = ", ".join(sorted(state.registry.models)) or "none"
-        raise ApiError(404, "model_not_found", f"no model named {name[:64]!r}; served models: {known}")
-    model = versions.get(version) if version is not None else versions[state.registry.default_versions[name]]
-    if model is None:
-        raise ApiError(404, "version_not_found",
-                       f"model {name!r} has no version {version[:64]!r}; available: {', '.join(sorted(versions))}")
-
-    # The exact common header skips aiohttp's Content-Type parsing; anything else is parsed.
-    if request.headers.get(hdrs.CONTENT_TYPE) != _JSON:
-        check_content_type(request.content_type)
-    length = request.content_length
-    if length is not None and length > settings.max_body_bytes:
-        raise ApiError(413, "body_too_large",
-                       f"request body is {length} bytes; the limit is {settings.max_body_bytes} bytes")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "body_too_large",
-                       f"request body exceeds the limit of {settings.max_body_bytes} bytes") from None
-
+    model = find_model(state, request.match_info["name"], request.query.get("version"))
+    body = await read_body(request, settings.max_body_bytes)
     instances = instances_of(parse_json(body), settings.max_batch)
     rows = [feature_row(inst, model, i) for i, inst in enumerate(instances)]
-    n = len(rows)
+    results, missing = await predict_rows(state, model, rows)
+    hits = len(rows) - len(missing)
 
-    if model.cache:
-        results, missing = await state.cache.lookup(model, rows)
-    else:
-        results, missing = [None] * n, list(range(n))
-    if missing:
-        todo = rows if len(missing) == n else [rows[i] for i in missing]
-        if len(todo) >= EXECUTOR_MIN_ROWS:
-            computed = await asyncio.get_running_loop().run_in_executor(None, model.predict, todo)
-        else:
-            computed = model.predict(todo)
-        store = state.cache.store if model.cache else None
-        for i, value in zip(missing, computed):
-            results[i] = value
-            if store is not None:
-                store(model, rows[i], value)
-    hits = n - len(missing)
-
-    request_id = _request_id(request)
+    rid = request_id(request)
     if model.kind == "classifier":
         out = {"model": model.name, "version": model.version,
                "predictions": [r["label"] for r in results],
                "probabilities": [r["probabilities"] for r in results]}
     else:
         out = {"model": model.name, "version": model.version, "predictions": [r["value"] for r in results]}
-    out["cached"] = hits == n
+    out["cached"] = hits == len(rows)
     out["cache_hits"] = hits
-    out["request_id"] = request_id
-
-    writer = state.writer
-    if writer is not None:
-        latency_ms = (time.perf_counter() - start) * 1000.0
-        now = datetime.now(timezone.utc)
-        # Records, not dicts: the writer takes them as they are (no per-row conversion).
-        record, model_name, model_version = writer.Record, model.name, model.version
-        missing_set = set(missing) if hits else None
-        for i, (inst, value) in enumerate(zip(instances, results)):
-            writer.submit(record(now, model_name, model_version, request_id, inst, value, latency_ms,
-                                 bool(hits) and i not in missing_set))
+    out["request_id"] = rid
+    if state.writer is not None:
+        log_predictions(state.writer, model, rid, instances, results, missing, start)
     # orjson: several times faster than json.dumps; every value here is a plain str/float/int/dict.
-    return web.Response(body=orjson.dumps(out), headers={hdrs.CONTENT_TYPE: _JSON, "X-Request-ID": request_id})
+    return web.Response(body=orjson.dumps(out), headers={hdrs.CONTENT_TYPE: _JSON, "X-Request-ID": rid})

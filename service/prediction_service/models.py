@@ -33,10 +33,21 @@ class ModelLoadError(Exception):
     """Why one model version could not be loaded (message names the file and the problem)."""
 
 
+class NonFiniteOutput(Exception):
+    """The model gave NaN or an infinity for some rows (inputs beyond what it can compute)."""
+
+    def __init__(self, rows: list[int]):
+        super().__init__(f"non-finite model output for rows {rows}")
+        self.rows = rows
+
+
 @dataclass(frozen=True, slots=True)
 class Feature:
     name: str
     type: str  # "number" or "integer"
+    # Accepted values; metadata may narrow them to the range the model was built for.
+    minimum: float = -FLOAT32_MAX
+    maximum: float = FLOAT32_MAX
 
 
 @dataclass(slots=True)
@@ -55,6 +66,7 @@ class Model:
     session: ort.InferenceSession = field(repr=False)
     input_name: str = ""
     feature_index: dict[str, int] = field(default_factory=dict)
+    bounds: tuple[tuple[float, float], ...] = ()  # (minimum, maximum) per feature, in feature order
     # Metric children bound once at load time (a .labels() lookup per request costs more).
     _inference_hist: object = field(default=None, repr=False)
     local_hits: object = field(default=None, repr=False)
@@ -68,7 +80,8 @@ class Model:
     def describe(self) -> dict:
         """Public description (GET /api/v1/models)."""
         return {"version": self.version, "kind": self.kind, "description": self.description,
-                "features": [{"name": f.name, "type": f.type} for f in self.features],
+                "features": [{"name": f.name, "type": f.type, "minimum": f.minimum, "maximum": f.maximum}
+                             for f in self.features],
                 "labels": list(self.labels), "cache": self.cache,
                 "cache_tier": "shared" if self.shared_cache else "local" if self.cache else "off"}
 
@@ -83,6 +96,7 @@ class Model:
         self._inference_hist.observe(time.perf_counter() - start)
         if self.kind == "classifier":
             label_idx, proba = outputs[0], outputs[1]
+            _check_finite(proba)
             labels = self.labels
             n_labels = len(labels)
             out = []
@@ -93,7 +107,16 @@ class Model:
                 out.append({"label": label, "probabilities": {k: round(v, 6) for k, v in zip(labels, p)}})
             return out
         values = outputs[0].reshape(len(rows), -1)[:, 0]
+        _check_finite(values)
         return [{"value": float(str(v))} for v in values]
+
+
+def _check_finite(array: np.ndarray) -> None:
+    # A model fed values far outside its training range can overflow float32 (NaN, inf): that is
+    # no prediction, and JSON would carry it as null. One vectorised test costs ~1 µs per call.
+    if not np.isfinite(array).all():
+        bad = ~np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1)
+        raise NonFiniteOutput(np.flatnonzero(bad).tolist())
 
 
 @dataclass
@@ -137,14 +160,11 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def load_model(folder: Path) -> Model:
-    """Load one ``<name>/<version>`` folder; raise ModelLoadError saying what is wrong."""
+def _read_metadata(folder: Path) -> dict:
     name, version = folder.parent.name, folder.name
-    meta_path, onnx_path = folder / "metadata.json", folder / "model.onnx"
+    meta_path = folder / "metadata.json"
     if not meta_path.is_file():
         raise ModelLoadError(f"{meta_path} is missing")
-    if not onnx_path.is_file():
-        raise ModelLoadError(f"{onnx_path} is missing")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
@@ -154,34 +174,59 @@ def load_model(folder: Path) -> Model:
     if str(meta.get("name", name)) != name or str(meta.get("version", version)) != version:
         raise ModelLoadError(f"{meta_path} says {meta.get('name')}/{meta.get('version')} "
                              f"but lives in folder {name}/{version}")
-    kind = meta.get("kind")
-    if kind not in KINDS:
-        raise ModelLoadError(f"{meta_path}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    raw_features = meta.get("features")
-    if not isinstance(raw_features, list) or not raw_features:
-        raise ModelLoadError(f"{meta_path}: features must be a non-empty list of {{name, type}}")
-    features = []
-    for f in raw_features:
-        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("type", "number") not in FEATURE_TYPES:
-            raise ModelLoadError(f"{meta_path}: bad feature {f!r} (need name and type number|integer)")
-        features.append(Feature(f["name"], f.get("type", "number")))
-    names = [f.name for f in features]
-    if len(set(names)) != len(names):
-        raise ModelLoadError(f"{meta_path}: duplicate feature names")
-    if "instances" in names:
-        raise ModelLoadError(f"{meta_path}: 'instances' is reserved for batch requests, rename that feature")
+    if meta.get("kind") not in KINDS:
+        raise ModelLoadError(f"{meta_path}: kind must be one of {', '.join(KINDS)}, got {meta.get('kind')!r}")
     labels = meta.get("labels") or []
-    if kind == "classifier" and (not isinstance(labels, list) or not labels):
+    if meta["kind"] == "classifier" and (not isinstance(labels, list) or not labels):
         raise ModelLoadError(f"{meta_path}: a classifier needs its output labels")
     if not isinstance(meta.get("default", False), bool):
         raise ModelLoadError(f"{meta_path}: default must be true or false")
+    return meta
+
+
+def _bound(f: dict, key: str, default: float, where: str) -> float:
+    value = f.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_finite_float32(float(value)):
+        raise ModelLoadError(f"{where}: feature {f['name']!r}: {key} must be a number within float32 range")
+    return float(value)
+
+
+def _parse_features(raw_features, where: str) -> tuple[Feature, ...]:
+    """``[{name, type: number|integer, minimum?, maximum?}]`` → Features; ModelLoadError if malformed."""
+    if not isinstance(raw_features, list) or not raw_features:
+        raise ModelLoadError(f"{where}: features must be a non-empty list of {{name, type}}")
+    features = []
+    for f in raw_features:
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("type", "number") not in FEATURE_TYPES:
+            raise ModelLoadError(f"{where}: bad feature {f!r} (need name and type number|integer)")
+        minimum, maximum = _bound(f, "minimum", -FLOAT32_MAX, where), _bound(f, "maximum", FLOAT32_MAX, where)
+        if minimum >= maximum:
+            raise ModelLoadError(f"{where}: feature {f['name']!r}: minimum must be below maximum")
+        features.append(Feature(f["name"], f.get("type", "number"), minimum, maximum))
+    names = [f.name for f in features]
+    if len(set(names)) != len(names):
+        raise ModelLoadError(f"{where}: duplicate feature names")
+    if "instances" in names:
+        raise ModelLoadError(f"{where}: 'instances' is reserved for batch requests, rename that feature")
+    return tuple(features)
+
+
+def _cache_mode(meta: dict, where: str) -> str:
     # "shared": local LRU + Redis (true means this); "local": LRU only — for models cheaper to
     # evaluate than a Redis round trip; "off" (or false): every request runs the model.
     cache_mode = meta.get("cache", True)
     if cache_mode is True or cache_mode is False:
         cache_mode = "shared" if cache_mode else "off"
     if not isinstance(cache_mode, str) or cache_mode not in ("shared", "local", "off"):
-        raise ModelLoadError(f"{meta_path}: cache must be true, false, \"shared\", \"local\" or \"off\"")
+        raise ModelLoadError(f"{where}: cache must be true, false, \"shared\", \"local\" or \"off\"")
+    return cache_mode
+
+
+def _open_session(onnx_path: Path, kind: str, n_features: int) -> ort.InferenceSession:
+    """The ONNX Runtime session, checked to take one float tensor of ``n_features`` (and, for a
+    classifier, to output labels and a float probability tensor)."""
+    if not onnx_path.is_file():
+        raise ModelLoadError(f"{onnx_path} is missing")
     try:
         session = _session(onnx_path)
     except Exception as exc:  # onnxruntime raises several types for a corrupt or incompatible file
@@ -191,26 +236,39 @@ def load_model(folder: Path) -> Model:
         raise ModelLoadError(f"{onnx_path}: expected one float tensor input, got "
                              f"{[(i.name, i.type) for i in inputs]}")
     width = inputs[0].shape[-1] if inputs[0].shape else None
-    if isinstance(width, int) and width != len(features):
-        raise ModelLoadError(f"{onnx_path} takes {width} features but metadata lists {len(features)}")
-    n_outputs = len(session.get_outputs())
-    if kind == "classifier" and n_outputs < 2:
+    if isinstance(width, int) and width != n_features:
+        raise ModelLoadError(f"{onnx_path} takes {width} features but metadata lists {n_features}")
+    outputs = session.get_outputs()
+    if kind == "classifier" and len(outputs) < 2:
         raise ModelLoadError(f"{onnx_path}: a classifier must output label and probabilities "
                              "(convert with zipmap off)")
-    if kind == "classifier" and session.get_outputs()[1].type != "tensor(float)":
+    if kind == "classifier" and outputs[1].type != "tensor(float)":
         raise ModelLoadError(f"{onnx_path}: probabilities must be a float tensor (convert with zipmap off)")
-    model = Model(name=name, version=version, kind=kind, features=tuple(features),
-                  labels=tuple(str(label) for label in labels), cache=cache_mode != "off",
+    return session
+
+
+def load_model(folder: Path) -> Model:
+    """Load one ``<name>/<version>`` folder; raise ModelLoadError saying what is wrong."""
+    name, version = folder.parent.name, folder.name
+    meta = _read_metadata(folder)
+    where = str(folder / "metadata.json")
+    features = _parse_features(meta.get("features"), where)
+    cache_mode = _cache_mode(meta, where)
+    session = _open_session(folder / "model.onnx", meta["kind"], len(features))
+    model = Model(name=name, version=version, kind=meta["kind"], features=features,
+                  labels=tuple(str(label) for label in meta.get("labels") or []), cache=cache_mode != "off",
                   shared_cache=cache_mode == "shared",
                   description=str(meta.get("description", "")),
                   is_default=meta.get("default", False), session=session,
-                  input_name=inputs[0].name, feature_index={n: i for i, n in enumerate(names)})
+                  input_name=session.get_inputs()[0].name,
+                  feature_index={f.name: i for i, f in enumerate(features)},
+                  bounds=tuple((f.minimum, f.maximum) for f in features))
     model._inference_hist = metrics.inference_duration_seconds.labels(model=name, version=version)
     model.local_hits = metrics.cache_hits_total.labels(model=name, tier="local")
     model.redis_hits = metrics.cache_hits_total.labels(model=name, tier="redis")
     model.misses = metrics.cache_misses_total.labels(model=name)
     # One warm-up call: the first run() allocates; do it now rather than in a user's request.
-    model.predict([[0.0] * len(features)])
+    model.predict([[min(max(0.0, f.minimum), f.maximum) for f in features]])
     return model
 
 

@@ -17,7 +17,8 @@ class ServiceState:
     registry: ModelRegistry
     auth: Authenticator
     cache: PredictionCache
-    openapi_body: bytes
+    openapi_body: bytes  # the document for clients of this instance
+    openapi_gateway_body: bytes  # ... and for clients of the nginx gateway (see openapi.py)
     redis: RedisTier | None = None
     writer: object | None = None  # storage.PredictionWriter when PREDICTION_DB_LOGGING is on
     in_flight: int = 0

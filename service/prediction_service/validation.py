@@ -6,13 +6,12 @@ Accepted body (``Content-Type: application/json``, at most PREDICTION_MAX_BODY_B
 - a batch: ``{"instances": [<instance>, ...]}`` with 1 to PREDICTION_MAX_BATCH instances.
 
 Each instance must have exactly the model's features, each a finite JSON number (``integer``
-features: a JSON integer) within float32 range. Every failure is an ApiError naming the instance
-and feature at fault.
+features: a JSON integer) within float32 range, or within the feature's ``minimum``/``maximum``
+when its metadata declares them. Every failure is an ApiError naming the instance and feature at fault.
 """
 from __future__ import annotations
 
 import json
-import math
 
 import orjson
 
@@ -40,11 +39,11 @@ def _reject_constant(name: str):
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def check_content_type(content_type: str) -> None:
-    if content_type != "application/json":
+def check_content_type(content_type: str, accepted: tuple[str, ...] = ("application/json",)) -> None:
+    if content_type not in accepted:
         got = content_type or "none"
         raise ApiError(415, "unsupported_media_type",
-                       f"Content-Type must be application/json, got {_short(got)}")
+                       f"Content-Type must be {' or '.join(accepted)}, got {_short(got)}")
 
 
 def parse_json(body: bytes):
@@ -100,6 +99,7 @@ def feature_row(instance, model: Model, index: int) -> list[float]:
     if type(instance) is not dict:
         raise ApiError(422, "invalid_instance", f"{where} must be a JSON object of feature values")
     feature_index = model.feature_index
+    bounds = model.bounds
     n = len(feature_index)
     row = [0.0] * n
     seen = 0
@@ -111,17 +111,14 @@ def feature_row(instance, model: Model, index: int) -> list[float]:
                            f"{where}: unknown feature(s) {_names(unknown)}; "
                            f"model {model.name} v{model.version} takes {_names(feature_index)}")
         t = type(value)
-        if t is float:
-            if not math.isfinite(value) or not -FLOAT32_MAX <= value <= FLOAT32_MAX:
-                raise ApiError(422, "non_finite_number",
-                               f"{where}: feature {key!r} must be a finite number within float32 range, got {value!r}")
-            if model.features[i].type == "integer" and not value.is_integer():
+        if t is float or t is int:
+            lo, hi = bounds[i]
+            if not lo <= value <= hi:  # also false for NaN and the infinities
+                raise out_of_range(model, i, value, where)
+            if t is int:
+                value = float(value)
+            elif model.features[i].type == "integer" and not value.is_integer():
                 raise ApiError(422, "invalid_feature_type", f"{where}: feature {key!r} must be an integer, got {value!r}")
-        elif t is int:
-            if not -FLOAT32_MAX <= value <= FLOAT32_MAX:
-                raise ApiError(422, "non_finite_number",
-                               f"{where}: feature {key!r} is outside the float32 range")
-            value = float(value)
         else:
             raise ApiError(422, "invalid_feature_type",
                            f"{where}: feature {key!r} must be a number, got {_json_type(value)}")
@@ -131,6 +128,18 @@ def feature_row(instance, model: Model, index: int) -> list[float]:
         missing = [name for name in feature_index if name not in instance]
         raise ApiError(422, "missing_feature", f"{where}: missing feature(s) {_names(missing)}")
     return row
+
+
+def out_of_range(model: Model, i: int, value, where: str) -> ApiError:
+    """The error for a value outside feature ``i``'s accepted range (float32, or the declared one)."""
+    feature = model.features[i]
+    shown = value if isinstance(value, float) else _short(str(value), 40)
+    if not -FLOAT32_MAX <= value <= FLOAT32_MAX:  # exact for ints of any size too; false for NaN
+        return ApiError(422, "non_finite_number",
+                        f"{where}: feature {feature.name!r} must be a finite number within float32 range, got {shown}")
+    return ApiError(422, "out_of_range",
+                    f"{where}: feature {feature.name!r} must be between {feature.minimum:g} and "
+                    f"{feature.maximum:g} for model {model.name} v{model.version}, got {shown}")
 
 
 def _json_type(value) -> str:

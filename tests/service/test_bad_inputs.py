@@ -46,6 +46,9 @@ CASES = [
      422, "non_finite_number", "'sepal_length'"),
     ("beyond float32", URL, JSON, body({**IRIS, "petal_length": 1e39}), 422, "non_finite_number", "float32"),
     ("huge integer", URL, JSON, body({**IRIS, "petal_length": 10 ** 60}), 422, "non_finite_number", "float32"),
+    ("beyond the declared range", URL, JSON, body({**IRIS, "petal_length": 100.5}), 422, "out_of_range",
+     "'petal_length' must be between 0 and 100"),
+    ("below the declared range", URL, JSON, body({**IRIS, "sepal_width": -1}), 422, "out_of_range", "got -1"),
     ("too many digits", URL, JSON, b'{"sepal_length": ' + b"9" * 5000 + b"}", 400, "malformed_json", "not valid JSON"),
     ("empty batch", URL, JSON, body({"instances": []}), 422, "empty_batch", "at least one"),
     ("oversized batch", URL, JSON, body({"instances": [IRIS] * 1001}), 422, "batch_too_large",
@@ -92,3 +95,24 @@ async def test_body_limit_is_enforced_while_streaming(client):
     resp = await client.post(URL, data=chunks(), headers=JSON)
     assert resp.status == 413
     assert (await resp.json())["error"]["code"] == "body_too_large"
+
+
+async def test_no_finite_model_output_is_a_422_and_not_cached(aiohttp_client, make_settings, demo_models, tmp_path):
+    """A model without a declared range, fed values its float32 arithmetic overflows on (NaN out)."""
+    import shutil
+
+    from prediction_service.app import create_app
+
+    root = tmp_path / "models"
+    shutil.copytree(demo_models / "iris" / "2", root / "wide" / "1")
+    meta = json.loads((root / "wide" / "1" / "metadata.json").read_text())
+    meta.update(name="wide", version="1", features=[{"name": f["name"]} for f in meta["features"]])
+    (root / "wide" / "1" / "metadata.json").write_text(json.dumps(meta))
+    client = await aiohttp_client(create_app(make_settings(model_path=root)))
+    huge = {**IRIS, "petal_length": 3e38}
+    for _ in range(2):  # the second time too: the first answer was not cached as a prediction
+        resp = await client.post("/api/v1/models/wide/predict", json={"instances": [IRIS, huge]}, headers=AUTH)
+        assert resp.status == 422, await resp.text()
+        error = (await resp.json())["error"]
+        assert error["code"] == "non_finite_output" and error["message"].startswith("instance 1:"), error
+    assert (await client.post("/api/v1/models/wide/predict", json=IRIS, headers=AUTH)).status == 200

@@ -31,6 +31,10 @@ def broken_model_tree(demo_models, tmp_path):
     meta = json.loads((root / "badcache" / "1" / "metadata.json").read_text())
     meta.update(name="badcache", cache=["sometimes"])
     (root / "badcache" / "1" / "metadata.json").write_text(json.dumps(meta))
+    shutil.copytree(demo_models / "iris" / "1", root / "badrange" / "1")
+    meta = json.loads((root / "badrange" / "1" / "metadata.json").read_text())
+    meta.update(name="badrange", features=[{**f, "minimum": 5, "maximum": 1} for f in meta["features"]])
+    (root / "badrange" / "1" / "metadata.json").write_text(json.dumps(meta))
     return root
 
 
@@ -38,8 +42,10 @@ def test_broken_models_are_reported_by_name_and_skipped(demo_models, tmp_path, c
     registry = load_models(broken_model_tree(demo_models, tmp_path))
     assert {(n, v) for n, vs in registry.models.items() for v in vs} == {("iris", "1"), ("iris", "2"), ("diabetes", "1")}
     failures = {(f["model"], f["version"]): f["error"] for f in registry.failures}
-    assert set(failures) == {("corrupt", "1"), ("iris", "3"), ("nometa", "1"), ("wrongwidth", "1"), ("badcache", "1")}
+    assert set(failures) == {("corrupt", "1"), ("iris", "3"), ("nometa", "1"), ("wrongwidth", "1"), ("badcache", "1"),
+                             ("badrange", "1")}
     assert "cache must be true, false" in failures[("badcache", "1")]
+    assert "'sepal_length': minimum must be below maximum" in failures[("badrange", "1")]
     assert "cannot be loaded by ONNX Runtime" in failures[("corrupt", "1")]
     assert "lives in folder iris/3" in failures[("iris", "3")]
     assert "metadata.json is missing" in failures[("nometa", "1")]
@@ -55,7 +61,8 @@ async def test_service_runs_with_the_good_models(aiohttp_client, make_settings, 
     assert ready.status == 200
     body = await ready.json()
     assert body["models_loaded"] == 3
-    assert {f["model"] for f in body["failed_models"]} == {"corrupt", "iris", "nometa", "wrongwidth", "badcache"}
+    assert {f["model"] for f in body["failed_models"]} == {"corrupt", "iris", "nometa", "wrongwidth", "badcache",
+                                                           "badrange"}
     resp = await client.post("/api/v1/models/corrupt/predict", json=IRIS, headers=AUTH)
     assert resp.status == 404
     metrics = await (await client.get("/metrics")).text()
