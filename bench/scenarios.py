@@ -61,8 +61,8 @@ class Goal:
             passed = value >= self.threshold if self.at_least else value < self.threshold
             margin = value - self.threshold if self.at_least else self.threshold - value
             rel = margin / self.threshold if self.threshold else None
-        return {"goal": self.name, "value": value, "threshold": self.threshold, "unit": self.unit,
-                "passed": passed, "margin": margin, "margin_relative": rel, "basis": self.basis}
+        return {"goal": self.name, "value": value, "threshold": self.threshold, "at_least": self.at_least,
+                "unit": self.unit, "must_be_zero": self.must_be_zero, "passed": passed, "margin": margin, "margin_relative": rel, "basis": self.basis}
 
 
 def _ratio(name: str) -> Callable[[dict], float]:

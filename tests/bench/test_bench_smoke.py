@@ -3,7 +3,9 @@
 Tiny durations (1 s runs, 1 pair): this checks that the harness works, never how fast anything is.
 """
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,13 +32,28 @@ def bench_run(tmp_path_factory):
 
 
 def test_exits_zero_and_prints_the_table(bench_run):
-    proc, _ = bench_run
+    proc, out = bench_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for label in ("(a) baseline", "(b) predict, cache hit", "(c) predict, cache miss", "(d) as (c)",
-                  "(c-shared) as (c)"):
-        assert label in proc.stdout
-    assert "goals:" in proc.stdout
-    assert ("PASS" in proc.stdout) or ("MISS" in proc.stdout)
+    doc = json.loads((out / "bench.json").read_text())
+    lines = proc.stdout.splitlines()
+    for key, s in doc["scenarios"].items():
+        # The row of each scenario carries its measured numbers: req/s, then p50 <= p95 <= p99, errors.
+        row = next((line for line in lines if line.startswith(s["label"])), None)
+        assert row is not None, f"no table row for {s['label']!r}"
+        cells = re.split(r"\s{2,}", row[len(s["label"]):].strip())
+        assert float(cells[0].replace(",", "")) == round(s["rps_median"]) > 0, (key, row)
+        p50, p95, p99 = (float(c) for c in cells[2:5])
+        assert 0 < p50 <= p95 <= p99 < 2000, (key, row)
+        assert int(cells[5]) == s["error_count"] >= 0, (key, row)
+    # Every goal is printed with its measured value, and its verdict agrees with that value.
+    for g in doc["goals"]:
+        line = next((line.strip() for line in lines if line.strip()[6:].startswith(g["goal"] + ":")), None)
+        assert line is not None, f"goal {g['goal']!r} not printed"
+        value = float(re.search(r": ([-+0-9.e]+)", line[6:]).group(1))
+        assert math.isclose(value, g["value"], rel_tol=5e-3, abs_tol=1e-9), (line, g)
+        expected = g["value"] == 0 if g["must_be_zero"] else \
+            (g["value"] >= g["threshold"] if g["at_least"] else g["value"] < g["threshold"])
+        assert g["passed"] is expected and line.startswith("PASS" if expected else "MISS"), (line, g)
 
 
 def test_json_has_numbers_for_every_scenario(bench_run):
