@@ -1,4 +1,6 @@
 """The gateway's certificate: valid for the host name, not about to expire, key private, TLS 1.2+."""
+import datetime
+
 import pytest
 
 from host_expectations import run_ok
@@ -43,3 +45,15 @@ def test_gateway_presents_it_and_verifies_for_the_name(host, tls):
 def test_gateway_refuses_tls_1_1(host, tls):
     r = host.run("openssl s_client -connect 127.0.0.1:%s -tls1_1 </dev/null", str(tls["port"]))
     assert r.rc != 0, "the gateway accepted TLS 1.1; only TLS 1.2+ is allowed"
+
+
+def test_generated_certificate_lifespan_within_mozilla_limit(host, tls, expected):
+    if expected.get("nginx_gateway_tls_certificate"):
+        pytest.skip("the certificate is given, not generated here")
+    dates = dict(line.split("=", 1) for line in run_ok(host, "openssl x509 -in %s -noout -startdate -enddate",
+                                                       tls["cert"]).splitlines())
+    parse = lambda s: datetime.datetime.strptime(s.strip(), "%b %d %H:%M:%S %Y %Z")  # noqa: E731
+    days = (parse(dates["notAfter"]) - parse(dates["notBefore"])).days
+    limit = min(int(expected.get("nginx_gateway_tls_valid_days", 366)), 366)
+    assert days <= limit, (f"{tls['cert']} is valid for {days} days; Mozilla's intermediate profile allows at most "
+                           f"366 and the role issues {limit}: make up re-issues it")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -24,6 +25,8 @@ from pathlib import Path
 import jinja2
 import pytest
 import yaml
+
+from harness.gateway import check_own_errors, check_upstream_error, mozilla_intermediate_issues, raw_request
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_TEMPLATE = ROOT / "roles/nginx_gateway/templates/nginx.conf.j2"
@@ -101,7 +104,7 @@ def test_nginx_template_requires_its_variables(tmp_path):
 class Backend:
     """A replica stand-in: answers every path with its own name and records each request."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, delay: float = 0):
         self.name = name
         self.requests: list[dict] = []
         backend = self
@@ -112,6 +115,7 @@ class Backend:
             def _answer(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
+                time.sleep(delay)
                 backend.requests.append({"path": self.path, "method": self.command, "version": self.request_version,
                                          "connection": self.headers.get("Connection"), "peer": self.client_address})
                 body = json.dumps({"backend": backend.name, "path": self.path}).encode()
@@ -136,12 +140,12 @@ class Backend:
         self.server.server_close()
 
 
-@pytest.fixture
-def gateway(tmp_path):
-    backends = [Backend("a"), Backend("b")]
+def start_gateway(tmp_path: Path, backends: list[Backend], **overrides):
+    """nginx from the shared template in front of ``backends``; stopped by the returned function."""
     https_port, http_port = free_port(), free_port()
     variables = nginx_vars(tmp_path, [b.address for b in backends], https_port, http_port)
     variables["nginx_https_redirect_port"] = https_port
+    variables.update(overrides)
     conf = tmp_path / "nginx.conf"
     conf.write_text(render(NGINX_TEMPLATE, **variables))
     proc = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log"),
@@ -157,14 +161,24 @@ def gateway(tmp_path):
     else:
         proc.kill()
         pytest.fail(f"nginx did not listen: {(tmp_path / 'error.log').read_text()}")
-    yield {"backends": backends, "https": https_port, "http": http_port, "tmp": tmp_path}
-    proc.terminate()
-    proc.wait(timeout=10)
-    for b in backends:
-        try:
-            b.stop()
-        except OSError:
-            pass
+
+    def stop():
+        proc.terminate()
+        proc.wait(timeout=10)
+        for b in backends:
+            try:
+                b.stop()
+            except OSError:
+                pass
+
+    return {"backends": backends, "https": https_port, "http": http_port, "tmp": tmp_path, "stop": stop}
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    gw = start_gateway(tmp_path, [Backend("a"), Backend("b")])
+    yield gw
+    gw["stop"]()
 
 
 def client_context(max_version=None) -> ssl.SSLContext:
@@ -237,6 +251,63 @@ def test_gateway_retries_post_on_a_dead_replica(gateway):
         status, _, body = fetch(f"{base}/api/v1/models/m/predict", data=b'{"instances": [[1]]}')
         assert status == 200 and json.loads(body)["backend"] == "a"
     assert len([r for r in a.requests if r["method"] == "POST"]) == 6
+
+
+# --- errors nginx answers itself, TLS profile (the checks tests/e2e runs on the local environment) ----------
+
+def test_gateway_own_errors_are_api_json(gateway):
+    assert check_own_errors("127.0.0.1", gateway["https"]) == []
+    assert not [r for b in gateway["backends"] for r in b.requests], "nginx answered these itself"
+
+
+def test_gateway_every_replica_down_is_json_502_with_retry_after(gateway):
+    for b in gateway["backends"]:
+        b.stop()
+    check_upstream_error("127.0.0.1", gateway["https"], 502, "upstream_unavailable")
+
+
+def test_gateway_slow_replicas_are_json_504_with_retry_after(tmp_path):
+    gw = start_gateway(tmp_path, [Backend("slow-a", delay=3), Backend("slow-b", delay=3)],
+                       nginx_proxy_read_timeout="1s")
+    try:
+        check_upstream_error("127.0.0.1", gw["https"], 504, "upstream_timeout")
+    finally:
+        gw["stop"]()
+
+
+def _service_routes() -> dict[str, str]:
+    """Path pattern -> methods of every route the service serves through the gateway (not /metrics)."""
+    from aiohttp import web
+
+    from prediction_service.app import add_routes
+    app = web.Application()
+    add_routes(app)
+    routes: dict[str, set[str]] = {}
+    for route in app.router.routes():
+        path = route.resource.canonical
+        if path != "/metrics" and route.method != "HEAD":
+            routes.setdefault(path, set()).add(route.method)
+    return {path: ", ".join(sorted(methods)) for path, methods in routes.items()}
+
+
+def test_gateway_allowed_methods_are_the_service_routes(gateway):
+    conf = (gateway["tmp"] / "nginx.conf").read_text()
+    block = re.search(r"map \$uri \$gateway_allowed_methods \{(.*?)\}", conf, re.S).group(1)
+    in_map = {k: v.rstrip(";") for k, v in (line.split(None, 1) for line in block.strip().splitlines())
+              if k != "default"}
+    routes = _service_routes()
+    as_regex = {re.sub(r"\{[^}]+\}", "[^/]+", p) for p in routes}
+    assert {k.lstrip("~^").rstrip("$") for k in in_map} == as_regex, (in_map, routes)
+    # And nginx answers with them: each route's methods in Allow, a placeholder filled in.
+    for path, methods in routes.items():
+        target = re.sub(r"\{[^}]+\}", "iris", path)
+        answer = raw_request("127.0.0.1", gateway["https"], f"TRACE {target} HTTP/1.1\r\nHost: localhost\r\n"
+                             "Connection: close\r\n\r\n".encode())
+        assert (answer.status, answer.headers.get("allow")) == (405, methods), (path, answer)
+
+
+def test_gateway_meets_mozilla_intermediate(gateway):
+    assert mozilla_intermediate_issues("127.0.0.1", gateway["https"]) == {}
 
 
 # --- Prometheus -------------------------------------------------------------------------------------------
