@@ -13,7 +13,7 @@ LOCALENV_VAR_DIR ?= $(CURDIR)/var
 APT_PACKAGES := postgresql-15 postgresql-client-15 redis-server redis-tools nginx prometheus \
 	prometheus-node-exporter wrk openssl curl
 
-.PHONY: help deps system-deps venv model test up down status bench bench-gateway preview deploy lint clean
+.PHONY: help deps system-deps timescaledb venv model test up down status bench bench-gateway preview deploy lint clean
 
 help:
 	@echo "make up       run the platform on this machine (prints URL and a ready curl)"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench    benchmark one service process (ratios against a bare-aiohttp baseline), then the gateway"
 	@echo "make bench-gateway   only the gateway vs direct part (runs make up first)"
 	@echo "make model    (re)build the demo models into $(MODELS)/"
+	@echo "make timescaledb   give PostgreSQL 15 the pinned TimescaleDB (package, else build from TIMESCALEDB_SOURCE)"
 	@echo "make preview|deploy STACK=dev|staging|prod   pulumi preview / up for one stack"
 
 deps: system-deps venv
@@ -34,6 +35,12 @@ system-deps:
 	if [ "$$(id -u)" != 0 ]; then echo "missing system packages:$$missing — run: sudo apt-get install$$missing"; exit 1; fi; \
 	echo "==> apt-get install$$missing"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+
+# TimescaleDB for the system PostgreSQL 15: nothing when installed at the pinned version, else Timescale's
+# apt package, else a build from the pinned archive (~1-2 min); else a notice and the partitioning
+# fallback (an error when CI=true). See scripts/install-timescaledb.sh.
+timescaledb: system-deps
+	@scripts/install-timescaledb.sh
 
 venv: $(STAMP)
 
@@ -52,11 +59,11 @@ $(MODELS)/.built: service/training/train_demo_models.py | $(STAMP)
 	@$(MAKE) --no-print-directory model
 	@touch $@
 
-test: deps $(MODELS)/.built
+test: deps timescaledb $(MODELS)/.built
 	@echo "==> pytest"
 	@$(BIN)/pytest
 
-up: deps $(MODELS)/.built
+up: deps timescaledb $(MODELS)/.built
 	@scripts/localenv.sh up
 
 down:
@@ -67,7 +74,7 @@ status:
 
 # One service process against a bare-aiohttp baseline (starts its own throwaway servers), then the
 # whole local environment: through the TLS gateway vs straight to one instance.
-bench: deps $(MODELS)/.built
+bench: deps timescaledb $(MODELS)/.built
 	@$(BIN)/python -m bench
 	@$(MAKE) --no-print-directory bench-gateway
 

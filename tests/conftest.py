@@ -3,11 +3,19 @@
 - ``postgres`` / ``redis_server``: one server each for the whole session (fast); tests that need
   isolation take ``fresh_db`` (a new empty database) or flush Redis themselves.
 - ``postgres_factory`` / ``redis_factory``: private servers for tests that stop and restart them
-  (outage tests), cleaned up at the end of the test.
+  (outage tests), cleaned up at the end of the test; ``postgres_factory(timescaledb=True)``
+  preloads TimescaleDB.
+- Storage modes: ``postgres_in_mode`` is the session server of each mode in turn (parametrised by
+  ``storage_mode``: "timescaledb", a server preloading TimescaleDB, so the migrations build
+  hypertables; "partitions", the plain server, so they build the native-partitioning fallback).
+  Folders whose tests apply to both modes make ``postgres`` return it (tests/storage, the database
+  ops tests); a test of one mode only says ``@pytest.mark.parametrize("storage_mode", ["…"])``.
+  Without TimescaleDB its tests skip with the reason, except under CI=true, where they fail.
 """
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +24,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness.postgres import PostgresServer, start_postgres  # noqa: E402
+from harness.postgres import (STORAGE_MODES, PostgresServer, start_postgres,  # noqa: E402
+                              timescaledb_missing)
 from harness.redis import RedisServer, start_redis  # noqa: E402
 
 _db_counter = itertools.count()
@@ -27,11 +36,47 @@ def repo_root() -> Path:
     return ROOT
 
 
+def require_timescaledb() -> None:
+    """Skip the calling test (fail it under CI=true) when TimescaleDB cannot be had here."""
+    reason = timescaledb_missing()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must test TimescaleDB: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
-def postgres() -> PostgresServer:
+def postgres_plain() -> PostgresServer:
+    """The session server without TimescaleDB preloaded (the native-partitioning fallback)."""
     server = start_postgres()
     yield server
     server.destroy()
+
+
+@pytest.fixture(scope="session")
+def postgres_timescaledb() -> PostgresServer:
+    """The session server with TimescaleDB preloaded (hypertables)."""
+    require_timescaledb()
+    server = start_postgres(timescaledb=True)
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def postgres(postgres_plain) -> PostgresServer:
+    return postgres_plain
+
+
+@pytest.fixture(params=STORAGE_MODES)
+def storage_mode(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def postgres_in_mode(storage_mode, request) -> PostgresServer:
+    """The session server of ``storage_mode``."""
+    return request.getfixturevalue(f"postgres_{'timescaledb' if storage_mode == 'timescaledb' else 'plain'}")
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +98,10 @@ def fresh_db(postgres: PostgresServer, request) -> str:
 def postgres_factory():
     servers: list[PostgresServer] = []
 
-    def make() -> PostgresServer:
-        server = start_postgres()
+    def make(timescaledb: bool = False) -> PostgresServer:
+        if timescaledb:
+            require_timescaledb()
+        server = start_postgres(timescaledb=timescaledb)
         servers.append(server)
         return server
 

@@ -2,6 +2,11 @@
 
 PostgreSQL refuses to run as root, so when the tests run as root the server runs as the
 ``postgres`` system user (created by Debian's postgresql package).
+
+Two storage modes: ``PostgresServer(timescaledb=True)`` preloads TimescaleDB
+(``shared_preload_libraries``), so the migrations build hypertables; the default server does not,
+so they take the native-partitioning fallback (whether or not the extension is installed).
+:func:`timescaledb_missing` says why a TimescaleDB server cannot be had here (``make timescaledb``).
 """
 from __future__ import annotations
 
@@ -22,6 +27,26 @@ PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 SUPERUSER = "postgres"
 APP_USER = "prediction_user"
 APP_DB = "prediction_db"
+STORAGE_MODES = ("timescaledb", "partitions")
+# The version pinned in scripts/sources.lock (the one the prod stack's image runs).
+TIMESCALEDB_VERSION = next(line.split()[1] for line in
+                           (Path(__file__).resolve().parents[2] / "scripts" / "sources.lock").read_text().splitlines()
+                           if line.startswith("timescaledb "))
+
+
+def timescaledb_missing() -> str | None:
+    """None when this PostgreSQL has TimescaleDB at the pinned version, else the reason (one line)."""
+    try:
+        sharedir = subprocess.run([str(PG_BIN / "pg_config"), "--sharedir"], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"PostgreSQL 15 not found in {PG_BIN}"
+    control = Path(sharedir) / "extension" / "timescaledb.control"
+    if not control.is_file():
+        return f"TimescaleDB is not installed for PostgreSQL 15 (no {control}): run make timescaledb"
+    if f"default_version = '{TIMESCALEDB_VERSION}'" not in control.read_text():
+        return f"{control} is not TimescaleDB {TIMESCALEDB_VERSION}: run make timescaledb"
+    return None
 
 
 def _run_as() -> list[str]:
@@ -36,6 +61,7 @@ class PostgresServer:
     """One PostgreSQL cluster. ``start()``/``stop()`` may be called repeatedly (outage tests)."""
 
     port: int = field(default_factory=free_port)
+    timescaledb: bool = False  # preload TimescaleDB: the migrations then build hypertables
     superuser_password: str = "test-superuser-pw"
     app_password: str = "test-app-pw"
     basedir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgtest-")))
@@ -76,13 +102,24 @@ class PostgresServer:
         pwfile.unlink()
         return self
 
+    @property
+    def storage_mode(self) -> str:
+        """What the migrations build here: "timescaledb" (hypertables) or "partitions"."""
+        return STORAGE_MODES[0] if self.timescaledb else STORAGE_MODES[1]
+
     def start(self) -> "PostgresServer":
         # Unix socket in the data dir keeps parallel clusters apart; fsync off: throwaway data.
+        settings = ["listen_addresses=127.0.0.1", f"unix_socket_directories={self.datadir}", "fsync=off",
+                    "synchronous_commit=off", "full_page_writes=off", "logging_collector=off"]
+        if self.timescaledb:
+            # No job scheduler: tests run each policy job themselves (CALL run_job), so a background
+            # run cannot race them. (TimescaleDB 2.17.2's scheduled jobs also report a spurious
+            # failure on PostgreSQL 15.20; see docs/performance.md, storage.) No telemetry.
+            settings += ["shared_preload_libraries=timescaledb", "timescaledb.telemetry_level=off",
+                         "timescaledb.max_background_workers=0"]
         self.proc = subprocess.Popen(
-            _run_as() + [str(PG_BIN / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
-                         "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.datadir}",
-                         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                         "-c", f"logging_collector=off"],
+            _run_as() + [str(PG_BIN / "postgres"), "-D", str(self.datadir), "-p", str(self.port)]
+            + [arg for setting in settings for arg in ("-c", setting)],
             stdout=open(self.logfile, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready()
         return self
@@ -148,6 +185,6 @@ def query(dsn: str, sql: str, params=None):
         conn.close()
 
 
-def start_postgres() -> PostgresServer:
-    """Init, start and bootstrap a new throwaway cluster."""
-    return PostgresServer().init().start().bootstrap_app()
+def start_postgres(timescaledb: bool = False) -> PostgresServer:
+    """Init, start and bootstrap a new throwaway cluster (TimescaleDB preloaded when asked)."""
+    return PostgresServer(timescaledb=timescaledb).init().start().bootstrap_app()

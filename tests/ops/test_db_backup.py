@@ -1,4 +1,6 @@
-"""playbooks/backup.yml and restore.yml (roles/db_backup, roles/db_restore) against real PostgreSQL.
+"""playbooks/backup.yml and restore.yml (roles/db_backup, roles/db_restore) against real PostgreSQL,
+with TimescaleDB (hypertables over several chunks, some compressed, their policy jobs) and without it
+(native partitions).
 
 backup -> damage the data -> restore: every table's rows equal the manifest and its content checksum
 equals the one taken before the backup. Rotation, tampering and missing files fail with clear messages.
@@ -17,6 +19,16 @@ import pytest
 DAY = 86400
 
 
+@pytest.fixture
+def postgres(postgres_in_mode):
+    """The session server of the test's storage mode (both modes unless a test pins one)."""
+    return postgres_in_mode
+
+
+# Tests of the roles' file handling, not of the storage: one mode is enough.
+plain_only = pytest.mark.parametrize("storage_mode", ["partitions"])
+
+
 def conn_vars(server, dbname: str, backup_dir: Path, **overrides) -> dict:
     common = {"login_host": server.host, "login_port": server.port,
               "login_user": server.app_user, "login_password": server.app_password}
@@ -24,6 +36,9 @@ def conn_vars(server, dbname: str, backup_dir: Path, **overrides) -> dict:
     v.update({f"db_restore_{k}": val for k, val in common.items()})
     v.update(db_backup_database=dbname, db_restore_database=dbname,
              db_backup_dir=str(backup_dir), db_restore_dir=str(backup_dir))
+    if server.timescaledb:  # TimescaleDB's restore mode needs a superuser (the app role is not one)
+        v.update(db_restore_admin_login_user=server.superuser,
+                 db_restore_admin_login_password=server.superuser_password)
     v.update(overrides)
     return v
 
@@ -58,9 +73,26 @@ def snapshot(server, db) -> dict[str, tuple[int, str]]:
     return out
 
 
+def timescaledb_objects(server, db) -> dict:
+    """What a TimescaleDB restore must bring back besides the rows: hypertables, chunks, jobs."""
+    return {
+        "hypertables": server.execute(
+            "SELECT hypertable_name, num_dimensions, compression_enabled FROM timescaledb_information.hypertables "
+            "ORDER BY 1", dbname=db),
+        "chunks": server.execute(
+            "SELECT hypertable_name, range_start, range_end, is_compressed FROM timescaledb_information.chunks "
+            "ORDER BY 1, 2", dbname=db),
+        "jobs": server.execute(
+            "SELECT hypertable_name, proc_name, schedule_interval, config::text, scheduled "
+            "FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL ORDER BY 1, 2", dbname=db),
+    }
+
+
 @pytest.fixture
-def loaded_db(postgres, fresh_db, playbook):
-    """A fresh database with the service's schema and rows spread over partitions (incl. DEFAULT)."""
+def loaded_db(postgres, fresh_db, playbook, storage_mode):
+    """A fresh database with the service's schema and rows spread over 11 days: partitions (incl.
+    DEFAULT) without TimescaleDB; with it, daily chunks of which the ones older than 3 days are
+    compressed by the policy's own job."""
     db = fresh_db.rsplit("/", 1)[1]
     ok(playbook("db-migrate.yml", schema_vars(postgres, db)))
     postgres.execute(
@@ -71,6 +103,12 @@ def loaded_db(postgres, fresh_db, playbook):
     postgres.execute(
         "INSERT INTO prediction_metrics SELECT now() - i * interval '1 hour', 'i1', 'iris', '1', i, i / 2, 1.5, 3.0 "
         "FROM generate_series(1, 120) i", dbname=db)
+    if storage_mode == "timescaledb":
+        for (job,) in postgres.execute("SELECT job_id FROM timescaledb_information.jobs "
+                                       "WHERE proc_name = 'policy_compression'", dbname=db):
+            postgres.execute(f"CALL run_job({job})", dbname=db)
+        state = timescaledb_objects(postgres, db)
+        assert sum(1 for c in state["chunks"] if c[3]) >= 8 and sum(1 for c in state["chunks"] if not c[3]) >= 3
     return db
 
 
@@ -78,9 +116,10 @@ def manifests(backup_dir: Path) -> list[Path]:
     return sorted(backup_dir.glob("*.manifest.json"))
 
 
-def test_backup_then_restore_brings_every_row_back(postgres, loaded_db, playbook, tmp_path):
+def test_backup_then_restore_brings_every_row_back(postgres, loaded_db, playbook, tmp_path, storage_mode):
     db, bdir = loaded_db, tmp_path / "backups"
     before = snapshot(postgres, db)
+    objects = timescaledb_objects(postgres, db) if storage_mode == "timescaledb" else None
     ok(playbook("backup.yml", conn_vars(postgres, db, bdir)))
 
     [manifest_path] = manifests(bdir)
@@ -106,9 +145,14 @@ def test_backup_then_restore_brings_every_row_back(postgres, loaded_db, playbook
     after = snapshot(postgres, db)
     assert after == before, {t: (before.get(t), after.get(t)) for t in set(before) | set(after)
                              if before.get(t) != after.get(t)}
-    # The partitions came back too.
-    assert postgres.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'predictions'::regclass",
-                            dbname=db)[0][0] >= 9
+    if storage_mode == "timescaledb":
+        # The hypertables, every chunk (compressed ones still compressed), the policies and their jobs.
+        assert timescaledb_objects(postgres, db) == objects
+        assert postgres.execute("SHOW timescaledb.restoring", dbname=db) == [("off",)]
+    else:
+        # The partitions came back too.
+        assert postgres.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'predictions'::regclass",
+                                dbname=db)[0][0] >= 9
 
 
 def test_manifest_counts_match_the_dump_while_the_service_writes(postgres, loaded_db, playbook, tmp_path):
@@ -151,6 +195,7 @@ def plant(bdir: Path, db: str, name: str, age_days: float) -> Path:
     return dump
 
 
+@plain_only
 def test_rotation_removes_old_dumps_but_keeps_the_newest(postgres, loaded_db, playbook, tmp_path):
     db, bdir = loaded_db, tmp_path / "backups"
     bdir.mkdir()
@@ -171,6 +216,7 @@ def test_rotation_removes_old_dumps_but_keeps_the_newest(postgres, loaded_db, pl
     assert other_db.exists(), "another database's dumps are not ours to rotate"
 
 
+@plain_only
 def test_rotation_keeps_the_newest_even_when_all_are_old(postgres, loaded_db, playbook, tmp_path):
     db, bdir = loaded_db, tmp_path / "backups"
     bdir.mkdir()
@@ -182,6 +228,7 @@ def test_rotation_keeps_the_newest_even_when_all_are_old(postgres, loaded_db, pl
     assert f"{db}_20230101_000000.dump" in names and f"{db}_20230102_000000.dump" in names
 
 
+@plain_only
 def test_restore_refuses_a_tampered_dump(postgres, loaded_db, playbook, tmp_path):
     db, bdir = loaded_db, tmp_path / "backups"
     ok(playbook("backup.yml", conn_vars(postgres, db, bdir)))
@@ -199,6 +246,7 @@ def test_restore_refuses_a_tampered_dump(postgres, loaded_db, playbook, tmp_path
     assert postgres.execute("SELECT count(*) FROM predictions", dbname=db)[0][0] == 0
 
 
+@plain_only
 def test_restore_fails_loudly_when_counts_differ_from_the_manifest(postgres, loaded_db, playbook, tmp_path):
     db, bdir = loaded_db, tmp_path / "backups"
     ok(playbook("backup.yml", conn_vars(postgres, db, bdir)))
@@ -214,6 +262,7 @@ def test_restore_fails_loudly_when_counts_differ_from_the_manifest(postgres, loa
     assert "public.ghosts: expected 1, actual no such table" in msg, msg
 
 
+@plain_only
 def test_restore_names_what_is_missing(postgres, loaded_db, playbook, tmp_path):
     db, bdir = loaded_db, tmp_path / "backups"
     bdir.mkdir()
@@ -230,8 +279,39 @@ def test_restore_names_what_is_missing(postgres, loaded_db, playbook, tmp_path):
     assert run.rc != 0 and any("manifest.json is missing" in m for m in run.failure_messages()), run.failure_messages()
 
 
+@plain_only
 def test_backup_check_mode_writes_nothing(postgres, loaded_db, playbook, tmp_path):
     db, bdir = loaded_db, tmp_path / "backups"
     bdir.mkdir()
     ok(playbook("backup.yml", conn_vars(postgres, db, bdir), check=True))
     assert list(bdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("storage_mode", ["timescaledb"])
+def test_timescaledb_restore_that_cannot_finish_leaves_the_database_as_it_was(postgres, loaded_db, playbook,
+                                                                             tmp_path):
+    db, bdir = loaded_db, tmp_path / "backups"
+    ok(playbook("backup.yml", conn_vars(postgres, db, bdir)))
+    postgres.execute("DELETE FROM predictions WHERE latency_ms > 20", dbname=db)
+    damaged = snapshot(postgres, db)
+
+    # Without a superuser for TimescaleDB's restore mode: refused before anything is touched.
+    no_admin = conn_vars(postgres, db, bdir)
+    del no_admin["db_restore_admin_login_user"], no_admin["db_restore_admin_login_password"]
+    run = playbook("restore.yml", no_admin)
+    assert run.rc != 0
+    msg = " ".join(run.failure_messages())
+    assert "only a superuser" in msg and "db_restore_admin_login_user" in msg and "Nothing was restored" in msg, msg
+
+    # Counts that differ from the manifest: the new database is dropped, the target stays.
+    [manifest_path] = manifests(bdir)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["row_counts"]["public.prediction_metrics"] += 1
+    manifest_path.write_text(json.dumps(manifest))
+    run = playbook("restore.yml", conn_vars(postgres, db, bdir))
+    assert run.rc != 0
+    msg = " ".join(run.failure_messages())
+    assert "public.prediction_metrics: expected 121, actual 120" in msg and "left as it was" in msg, msg
+    assert snapshot(postgres, db) == damaged
+    assert postgres.execute("SELECT count(*) FROM pg_database WHERE datname LIKE %s", (f"{db}_re%",),
+                            dbname=db) == [(0,)]

@@ -1,8 +1,9 @@
 """playbooks/db-migrate.yml and db-rollback.yml (roles/timescaledb_schema) against real PostgreSQL.
 
 The service's own migration files (service/migrations) are applied to a fresh database of the session
-server; the rollback mechanics are also exercised with a small migration set written here that follows
-the same contract (each up file records itself, each down file deletes its row).
+server of each storage mode (TimescaleDB preloaded: hypertables; plain: native partitions); the
+rollback mechanics are also exercised with a small migration set written here that follows the same
+contract (each up file records itself, each down file deletes its row), on the plain server only.
 """
 from __future__ import annotations
 
@@ -49,21 +50,41 @@ def service_versions() -> list[int]:
     return sorted(int(p.name.split("_", 1)[0]) for p in MIGRATIONS.glob("[0-9]*_*.sql"))
 
 
+@pytest.fixture
+def postgres(postgres_in_mode):
+    """The session server of the test's storage mode (both modes unless a test pins one)."""
+    return postgres_in_mode
+
+
+# Tests of the role's mechanics, not of the storage: one mode is enough.
+plain_only = pytest.mark.parametrize("storage_mode", ["partitions"])
+
+
 # --- the service's migrations ------------------------------------------------------------------
 
-def test_service_migrations_create_partitioned_tables_and_are_idempotent(postgres, fresh_db, playbook):
+def test_service_migrations_build_the_storage_of_the_mode_and_are_idempotent(postgres, fresh_db, playbook,
+                                                                              storage_mode):
     db = dbname_of(fresh_db)
     run = ok(playbook("db-migrate.yml", schema_vars(postgres, db)))
     assert run.changed == len(service_versions()), run.stats
     assert versions(postgres, db) == service_versions()
-    # No TimescaleDB here: the SQL chose native range partitioning, with a DEFAULT and daily partitions.
-    for table in ("predictions", "prediction_metrics"):
-        assert relkind(postgres, db, table) == "p"
-        parts = [r[0] for r in postgres.execute(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = %s::regclass ORDER BY 1", (table,), dbname=db)]
-        assert f"{table}_default" in parts
-        assert len([p for p in parts if p.startswith(f"{table}_p")]) >= 8, parts
+    if storage_mode == "timescaledb":
+        # Hypertables with their retention and compression jobs, created by the app role (trusted extension).
+        for table in ("predictions", "prediction_metrics"):
+            assert relkind(postgres, db, table) == "r"
+        jobs = postgres.execute("SELECT hypertable_name, proc_name FROM timescaledb_information.jobs "
+                                "WHERE hypertable_name IS NOT NULL ORDER BY 1, 2", dbname=db)
+        assert jobs == [("prediction_metrics", "policy_compression"), ("prediction_metrics", "policy_retention"),
+                        ("predictions", "policy_compression"), ("predictions", "policy_retention")]
+    else:
+        # The SQL chose native range partitioning, with a DEFAULT and daily partitions.
+        for table in ("predictions", "prediction_metrics"):
+            assert relkind(postgres, db, table) == "p"
+            parts = [r[0] for r in postgres.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = %s::regclass ORDER BY 1", (table,), dbname=db)]
+            assert f"{table}_default" in parts
+            assert len([p for p in parts if p.startswith(f"{table}_p")]) >= 8, parts
     # Owned by the application role, as the service expects.
     assert postgres.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'predictions'", dbname=db)[0][0] \
         == postgres.app_user
@@ -72,6 +93,7 @@ def test_service_migrations_create_partitioned_tables_and_are_idempotent(postgre
     assert again.changed == 0, again.stats
 
 
+@plain_only
 def test_check_mode_applies_nothing(postgres, fresh_db, playbook):
     db = dbname_of(fresh_db)
     run = ok(playbook("db-migrate.yml", schema_vars(postgres, db), check=True))
@@ -83,7 +105,7 @@ def test_check_mode_applies_nothing(postgres, fresh_db, playbook):
 @pytest.mark.skipif(not (MIGRATIONS / "down").is_dir()
                     or len(list((MIGRATIONS / "down").glob("[0-9]*_*.sql"))) < len(service_versions()),
                     reason="service/migrations/down/ does not have a down file for every up file yet")
-def test_service_migrations_roll_back_and_forward(postgres, fresh_db, playbook):
+def test_service_migrations_roll_back_and_forward(postgres, fresh_db, playbook, storage_mode):
     db = dbname_of(fresh_db)
     ok(playbook("db-migrate.yml", schema_vars(postgres, db)))
     ok(playbook("db-rollback.yml", schema_vars(postgres, db, timescaledb_schema_target_version=1)))
@@ -91,7 +113,7 @@ def test_service_migrations_roll_back_and_forward(postgres, fresh_db, playbook):
     assert relkind(postgres, db, "predictions") is None
     ok(playbook("db-migrate.yml", schema_vars(postgres, db)))
     assert versions(postgres, db) == service_versions()
-    assert relkind(postgres, db, "predictions") == "p"
+    assert relkind(postgres, db, "predictions") == ("r" if storage_mode == "timescaledb" else "p")
 
 
 # --- rollback mechanics with a migration set of our own ----------------------------------------
@@ -124,6 +146,7 @@ def own_migrations(tmp_path) -> Path:
     return d
 
 
+@plain_only
 def test_rollback_to_a_version_and_forward_again(postgres, fresh_db, playbook, own_migrations):
     db = dbname_of(fresh_db)
     v = schema_vars(postgres, db, timescaledb_schema_migrations_dir=str(own_migrations))
@@ -147,6 +170,7 @@ def test_rollback_to_a_version_and_forward_again(postgres, fresh_db, playbook, o
     assert versions(postgres, db) == []
 
 
+@plain_only
 def test_migrate_never_goes_down_and_rollback_needs_a_target(postgres, fresh_db, playbook, own_migrations):
     db = dbname_of(fresh_db)
     v = schema_vars(postgres, db, timescaledb_schema_migrations_dir=str(own_migrations))
@@ -161,6 +185,7 @@ def test_migrate_never_goes_down_and_rollback_needs_a_target(postgres, fresh_db,
     assert versions(postgres, db) == [1, 2, 3]
 
 
+@plain_only
 def test_a_failing_migration_stops_the_run(postgres, fresh_db, playbook, own_migrations):
     db = dbname_of(fresh_db)
     (own_migrations / "0002_things.sql").write_text("CREATE TABLE things (id int PRIMARY KEY, oops nosuchtype);\n")
@@ -172,6 +197,7 @@ def test_a_failing_migration_stops_the_run(postgres, fresh_db, playbook, own_mig
     assert relkind(postgres, db, "things") is None and relkind(postgres, db, "more_things") is None
 
 
+@plain_only
 def test_missing_down_file_is_named(postgres, fresh_db, playbook, own_migrations):
     db = dbname_of(fresh_db)
     v = schema_vars(postgres, db, timescaledb_schema_migrations_dir=str(own_migrations))

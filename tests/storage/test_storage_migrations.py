@@ -1,5 +1,6 @@
 """The SQL migrations: applied in order and recorded, idempotent, reversible, the same files for
-every tool (psql here stands for docker-entrypoint-initdb.d and Ansible, which run them verbatim)."""
+every tool (psql here stands for docker-entrypoint-initdb.d and Ansible, which run them verbatim).
+Every test that touches a database runs on TimescaleDB (hypertables) and on plain PostgreSQL (partitions)."""
 from __future__ import annotations
 
 import os
@@ -19,7 +20,9 @@ from harness.postgres import query
 PSQL = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")) / "psql"
 UP_FILES = sorted(MIGRATIONS_DIR.glob("*.sql"))
 ALL_FILES = UP_FILES + sorted((MIGRATIONS_DIR / "down").glob("*.sql"))
-EXPECTED_VERSIONS = [1, 2, 3]
+EXPECTED_VERSIONS = [1, 2, 3, 4]
+RECORDED = [(1, "schema_migrations"), (2, "prediction_tables"), (3, "partition_maintenance"),
+            (4, "compression")]
 
 
 def tables(dsn: str) -> set[str]:
@@ -61,28 +64,27 @@ def test_each_up_file_records_itself(path: Path):
 def test_apply_in_order_records_each_and_second_run_applies_nothing(fresh_db):
     assert pending_migrations(fresh_db) == EXPECTED_VERSIONS
     assert apply_migrations(fresh_db) == EXPECTED_VERSIONS
-    assert recorded(fresh_db) == [(1, "schema_migrations"), (2, "prediction_tables"),
-                                  (3, "partition_maintenance")]
+    assert recorded(fresh_db) == RECORDED
     applied_at = query(fresh_db, "SELECT applied_at FROM schema_migrations ORDER BY version")
     assert applied_at == sorted(applied_at)
     assert {"schema_migrations", "predictions", "prediction_metrics"} <= tables(fresh_db)
     assert pending_migrations(fresh_db) == []
     assert apply_migrations(fresh_db) == []
-    assert len(recorded(fresh_db)) == 3
+    assert len(recorded(fresh_db)) == 4
 
 
 def test_target_stops_at_a_version(fresh_db):
     assert apply_migrations(fresh_db, target=1) == [1]
     assert tables(fresh_db) == {"schema_migrations"}
-    assert pending_migrations(fresh_db) == [2, 3]
-    assert apply_migrations(fresh_db) == [2, 3]
+    assert pending_migrations(fresh_db) == [2, 3, 4]
+    assert apply_migrations(fresh_db) == [2, 3, 4]
 
 
 def test_rollback_to_zero_then_migrate_again(fresh_db):
     apply_migrations(fresh_db)
     query(fresh_db, "INSERT INTO predictions (time, instance, model, model_version, input, output) "
                     "VALUES (now(), 'i', 'm', '1', '{}', '{}')")
-    assert rollback_migrations(fresh_db, 1) == [3, 2]
+    assert rollback_migrations(fresh_db, 1) == [4, 3, 2]
     assert tables(fresh_db) == {"schema_migrations"}
     assert recorded(fresh_db) == [(1, "schema_migrations")]
     assert query(fresh_db, "SELECT count(*) FROM pg_proc WHERE proname LIKE 'prediction%'") == [(0,)]
@@ -100,8 +102,7 @@ def test_same_files_applied_by_psql_then_runner_sees_them_applied(fresh_db):
             result = subprocess.run([str(PSQL), "-X", "-v", "ON_ERROR_STOP=1", "-d", fresh_db, "-f", str(path)],
                                     capture_output=True, text=True)
             assert result.returncode == 0, result.stderr
-    assert recorded(fresh_db) == [(1, "schema_migrations"), (2, "prediction_tables"),
-                                  (3, "partition_maintenance")]
+    assert recorded(fresh_db) == RECORDED
     assert pending_migrations(fresh_db) == []
     assert apply_migrations(fresh_db) == []
 
@@ -109,10 +110,10 @@ def test_same_files_applied_by_psql_then_runner_sees_them_applied(fresh_db):
 def test_a_failing_file_leaves_earlier_ones_applied_and_itself_not_at_all(fresh_db, tmp_path):
     for m in discover():
         (tmp_path / m.up.name).write_text(m.up.read_text())
-    (tmp_path / "0004_broken.sql").write_text(
+    (tmp_path / "0005_broken.sql").write_text(
         "CREATE TABLE half_done (x int);\nSELECT no_such_function();\n"
-        "INSERT INTO schema_migrations (version, name) VALUES (4, 'broken') ON CONFLICT DO NOTHING;\n")
-    with pytest.raises(MigrationError, match="0004_broken.sql.*no_such_function"):
+        "INSERT INTO schema_migrations (version, name) VALUES (5, 'broken') ON CONFLICT DO NOTHING;\n")
+    with pytest.raises(MigrationError, match="0005_broken.sql.*no_such_function"):
         apply_migrations(fresh_db, migrations_dir=tmp_path)
     assert [v for v, _ in recorded(fresh_db)] == EXPECTED_VERSIONS
     assert "half_done" not in tables(fresh_db)
@@ -121,12 +122,12 @@ def test_a_failing_file_leaves_earlier_ones_applied_and_itself_not_at_all(fresh_
 def test_a_file_that_does_not_record_itself_is_an_error(fresh_db, tmp_path):
     for m in discover():
         (tmp_path / m.up.name).write_text(m.up.read_text())
-    (tmp_path / "0004_silent.sql").write_text("CREATE TABLE silent (x int);\n")
-    with pytest.raises(MigrationError, match="did not record version 4"):
+    (tmp_path / "0005_silent.sql").write_text("CREATE TABLE silent (x int);\n")
+    with pytest.raises(MigrationError, match="did not record version 5"):
         apply_migrations(fresh_db, migrations_dir=tmp_path)
 
 
-def test_cli_migrate_status_rollback(fresh_db, repo_root):
+def test_cli_migrate_status_rollback(fresh_db, repo_root, storage_mode):
     env = {**os.environ, "PYTHONPATH": str(repo_root / "service"), "PREDICTION_TIMESCALE_URL": fresh_db}
 
     def cli(*args):
@@ -135,13 +136,15 @@ def test_cli_migrate_status_rollback(fresh_db, repo_root):
 
     r = cli("migrate")
     assert r.returncode == 0, r.stderr
-    assert "applied 3 migration(s): 1, 2, 3" in r.stdout
-    assert "native daily range partitions" in r.stdout  # the path chosen is reported
+    assert "applied 4 migration(s): 1, 2, 3, 4" in r.stdout
+    # the path chosen is reported
+    assert {"timescaledb": "TimescaleDB hypertables with a 30-day retention policy",
+            "partitions": "native daily range partitions"}[storage_mode] in r.stdout
     r = cli("status")
     assert r.stdout.splitlines() == ["0001_schema_migrations: applied", "0002_prediction_tables: applied",
-                                     "0003_partition_maintenance: applied"]
+                                     "0003_partition_maintenance: applied", "0004_compression: applied"]
     r = cli("rollback", "--to", "1")
-    assert r.returncode == 0 and "rolled back 2 migration(s): 3, 2" in r.stdout
+    assert r.returncode == 0 and "rolled back 3 migration(s): 4, 3, 2" in r.stdout
     assert "0002_prediction_tables: pending" in cli("status").stdout
     r = cli("migrate", "--dsn", fresh_db.replace("test-app-pw", "wrong-pw"))
     assert r.returncode == 1 and r.stderr.startswith("error:") and "password" in r.stderr

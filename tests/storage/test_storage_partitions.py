@@ -1,8 +1,8 @@
-"""Native daily partitioning and its retention routine (the path taken here: no TimescaleDB), and
-the TimescaleDB path as SQL: the branch the migration takes when the extension is usable."""
+"""Native daily partitioning and its retention routine: the fallback the migrations build when
+TimescaleDB is absent or not preloaded. Tests of that path run on the plain server only; the
+TimescaleDB path is tested for real in test_storage_timescaledb.py."""
 from __future__ import annotations
 
-import re
 from datetime import date, datetime, timedelta, timezone
 
 import psycopg2
@@ -13,6 +13,8 @@ from prediction_service.storage import MIGRATIONS_DIR
 from harness.postgres import query
 
 PARENTS = ("predictions", "prediction_metrics")
+# The fallback's own behaviour: only on the server without TimescaleDB preloaded.
+fallback_only = pytest.mark.parametrize("storage_mode", ["partitions"])
 
 
 def partitions(dsn: str, parent: str = "predictions") -> list[str]:
@@ -34,6 +36,7 @@ def db_today(dsn: str) -> date:
     return query(dsn, "SELECT (now() AT TIME ZONE 'UTC')::date")[0][0]
 
 
+@fallback_only
 def test_fallback_path_builds_partitioned_tables_with_default_and_upcoming_days(migrated_db):
     assert query(migrated_db, "SELECT prediction_storage_timescaledb_usable()") == [(False,)]
     today = db_today(migrated_db)
@@ -61,6 +64,7 @@ def test_same_columns_on_both_tables_as_the_service_writes(migrated_db):
                                     "latency_ms_avg", "latency_ms_max"]
 
 
+@fallback_only
 def test_rows_of_any_day_are_accepted_and_land_in_their_partition(migrated_db):
     now = datetime.now(timezone.utc)
     insert_prediction(migrated_db, now)
@@ -73,6 +77,7 @@ def test_rows_of_any_day_are_accepted_and_land_in_their_partition(migrated_db):
     assert idx == [(3,)]
 
 
+@fallback_only
 def test_ensure_creates_past_days_and_moves_their_rows_out_of_default(migrated_db):
     old_day = date(2024, 2, 10)
     insert_prediction(migrated_db, datetime(2024, 2, 10, 23, 59, tzinfo=timezone.utc))
@@ -87,6 +92,7 @@ def test_ensure_creates_past_days_and_moves_their_rows_out_of_default(migrated_d
     assert query(migrated_db, "SELECT * FROM prediction_partitions_ensure(1, %s)", (old_day,)) == []
 
 
+@fallback_only
 def test_retention_drops_only_partitions_wholly_older_than_retention(migrated_db):
     reference = datetime(2024, 3, 15, 12, 0, tzinfo=timezone.utc)  # cutoff: 2024-02-14 12:00 UTC
     first = date(2024, 2, 1)
@@ -114,6 +120,7 @@ def test_retention_drops_only_partitions_wholly_older_than_retention(migrated_db
                  (reference,)) == []
 
 
+@fallback_only
 def test_retention_never_drops_today_even_with_zero_retention(migrated_db):
     today = db_today(migrated_db)
     yesterday = today - timedelta(days=1)
@@ -135,62 +142,35 @@ def test_routines_reject_bad_arguments_with_a_clear_message(migrated_db):
         query(migrated_db, "SELECT * FROM prediction_partitions_ensure(-1)")
 
 
-def test_detection_runs_for_the_app_user_and_a_superuser(postgres, migrated_db):
+def test_detection_runs_for_the_app_user_and_a_superuser(postgres, migrated_db, storage_mode):
     """shared_preload_libraries is superuser-only: the app user takes the other branch of the check."""
     dbname = migrated_db.rsplit("/", 1)[1]
-    assert query(migrated_db, "SELECT prediction_storage_timescaledb_usable()") == [(False,)]
-    assert postgres.execute("SELECT prediction_storage_timescaledb_usable()", dbname=dbname) == [(False,)]
-    # The fallback is taken when TimescaleDB is absent or merely installed: this server does not preload it.
+    usable = storage_mode == "timescaledb"
+    assert query(migrated_db, "SELECT prediction_storage_timescaledb_usable()") == [(usable,)]
+    assert postgres.execute("SELECT prediction_storage_timescaledb_usable()", dbname=dbname) == [(usable,)]
+    # The fallback is taken when TimescaleDB is absent or merely installed: that server does not preload it.
     preload = postgres.execute("SHOW shared_preload_libraries", dbname=dbname)[0][0]
-    assert "timescaledb" not in preload
+    assert ("timescaledb" in preload) == usable
 
 
-# --- The TimescaleDB path, as SQL (no TimescaleDB package on this machine) ------------------------
-
-TABLES_SQL = (MIGRATIONS_DIR / "0002_prediction_tables.sql").read_text()
-
-
-def _branches() -> tuple[str, str]:
-    """The THEN and the ELSE parts of the blocks that choose between hypertables and partitions."""
-    body = TABLES_SQL[TABLES_SQL.index("DO $do$"):TABLES_SQL.index("$do$;")]
-    thens, elses = [], []
-    for m in re.finditer(r"^    IF use_timescaledb THEN\n(.*?)^    END IF;", body, re.M | re.S):
-        then, _, otherwise = m.group(1).partition("\n    ELSE\n")
-        thens.append(then)
-        elses.append(otherwise)
-    assert len(thens) == 2
-    return "\n".join(thens), "\n".join(elses)
+def test_usable_in_a_database_without_the_extension_only_when_preloaded(postgres, fresh_db, storage_mode):
+    """Before 0002 creates the extension, detection rests on 'available and preloaded' alone."""
+    query(fresh_db, (MIGRATIONS_DIR / "0001_schema_migrations.sql").read_text())
+    tables_sql = (MIGRATIONS_DIR / "0002_prediction_tables.sql").read_text()
+    query(fresh_db, tables_sql[:tables_sql.index("DO $do$")])  # only the detection function
+    assert query(fresh_db, "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'") == [(0,)]
+    assert query(fresh_db, "SELECT prediction_storage_timescaledb_usable()") == [(storage_mode == "timescaledb",)]
 
 
-def test_timescaledb_branch_creates_hypertables_and_30_day_retention():
-    then, otherwise = _branches()
-    assert "CREATE EXTENSION IF NOT EXISTS timescaledb" in then
-    for table in PARENTS:
-        assert re.search(rf"create_hypertable\('{table}', 'time',", then)
-        assert f"add_retention_policy('{table}', INTERVAL '30 days', if_not_exists => true)" in then
-        assert f"PARTITION OF {table} DEFAULT" in otherwise
-    assert "create_hypertable" not in otherwise and "timescaledb" not in otherwise.replace(
-        "timescaledb not available", "")
-    # the column list is written once and only the storage clause differs
-    assert TABLES_SQL.count("CREATE TABLE IF NOT EXISTS predictions (") == 1
-    assert "THEN '' ELSE ' PARTITION BY RANGE (time)' END" in TABLES_SQL
-
-
-def test_timescaledb_is_chosen_when_installed_or_available_and_preloaded():
-    detect = TABLES_SQL[:TABLES_SQL.index("DO $do$")]
-    assert "FROM pg_extension WHERE extname = 'timescaledb'" in detect
-    assert "FROM pg_available_extensions WHERE name = 'timescaledb'" in detect
-    assert "current_setting('shared_preload_libraries')" in detect
-    # a re-run keeps what the first run built (a natively partitioned table is not converted)
-    assert "WHEN existing_kind = 'p' THEN false" in TABLES_SQL
-
-
-def test_maintenance_routines_are_no_ops_on_hypertables(migrated_db):
-    """The routines act on relkind 'p' tables only; a plain (hypertable-like) table is left alone."""
-    maintenance = (MIGRATIONS_DIR / "0003_partition_maintenance.sql").read_text()
-    assert maintenance.count("AND relkind = 'p');") == 2
-    query(migrated_db, "DROP TABLE predictions, prediction_metrics")
-    query(migrated_db, "CREATE TABLE predictions (time timestamptz NOT NULL); "
-                       "CREATE TABLE prediction_metrics (time timestamptz NOT NULL)")
-    assert query(migrated_db, "SELECT * FROM prediction_partitions_ensure(3)") == []
-    assert query(migrated_db, "SELECT * FROM prediction_partitions_drop_older_than(INTERVAL '0 days')") == []
+def test_maintenance_routines_act_only_on_native_partitions(migrated_db, storage_mode):
+    """Called the same way in both modes (the writer does); on hypertables they leave all to TimescaleDB."""
+    past = db_today(migrated_db) - timedelta(days=10)
+    created = [r[0] for r in query(migrated_db, "SELECT * FROM prediction_partitions_ensure(1, %s)", (past,))]
+    dropped = [r[0] for r in query(migrated_db, "SELECT * FROM prediction_partitions_drop_older_than("
+                                                "INTERVAL '5 days')")]
+    if storage_mode == "timescaledb":
+        assert created == [] and dropped == []
+        assert query(migrated_db, "SELECT relkind FROM pg_class WHERE relname = 'predictions'") == [("r",)]
+    else:
+        assert sorted(created) == sorted(day_names("predictions", past, 2) + day_names("prediction_metrics", past, 2))
+        assert sorted(dropped) == sorted(created)

@@ -216,6 +216,7 @@ async def test_bad_rows_never_raise_and_are_dropped_and_counted_alone(migrated_d
         (datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc),)]
 
 
+@pytest.mark.parametrize("storage_mode", ["partitions"])  # hypertables: TimescaleDB's own chunks and jobs
 async def test_writer_maintains_partitions_ahead_and_drops_expired(migrated_db):
     today = query(migrated_db, "SELECT (now() AT TIME ZONE 'UTC')::date")[0][0]
     old = today - timedelta(days=40)
