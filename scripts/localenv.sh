@@ -60,6 +60,10 @@ print_urls() {
   echo "  prometheus  $LOCALENV_PROMETHEUS_URL"
   echo "  node        $LOCALENV_NODE_EXPORTER_URL/metrics"
   echo "  postgres    ${LOCALENV_DB_URL%%:*}://…@${LOCALENV_DB_URL##*@}  (password in $VAR_DIR/secrets.env unless PREDICTION_DB_PASSWORD is set)"
+  # As the service reports it: timescaledb (hypertables) or partitions (PostgreSQL without TimescaleDB).
+  local storage
+  storage="$(curl -s --max-time 3 "${LOCALENV_SERVICE_URLS%% *}/ready" | sed -n 's/.*"storage": *"\([a-z]*\)".*/\1/p' || true)"
+  echo "  storage     ${storage:-unknown (the first instance did not answer /ready)}"
   echo "  redis       $LOCALENV_REDIS_URL"
   echo "  grafana     provisioning files in $VAR_DIR/grafana (Grafana itself is not installed here)"
 }

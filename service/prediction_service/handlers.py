@@ -34,7 +34,7 @@ async def ready(request: web.Request) -> web.Response:
     state = request.app[STATE]
     loaded = state.registry.count
     redis_up = await state.redis.ping() if state.redis is not None else False
-    database = "disabled"
+    database = storage = "disabled"
     queue = 0
     if state.writer is not None:
         queue = state.writer.queue_depth
@@ -42,6 +42,7 @@ async def ready(request: web.Request) -> web.Response:
             database = "up" if await asyncio.wait_for(state.writer.healthy(), READY_CHECK_TIMEOUT) else "down"
         except Exception:  # noqa: BLE001 — a check that fails or hangs means "down"
             database = "down"
+        storage = state.writer.storage_mode
     if not loaded:
         status = "not_ready"
     elif redis_up and database != "down":
@@ -49,7 +50,8 @@ async def ready(request: web.Request) -> web.Response:
     else:
         status = "degraded"
     body = {"status": status, "models_loaded": loaded, "failed_models": state.registry.failures,
-            "redis": "up" if redis_up else "down", "database": database, "db_queue_rows": queue}
+            "redis": "up" if redis_up else "down", "database": database, "storage": storage,
+            "db_queue_rows": queue}
     return _json(body, status=200 if loaded else 503)
 
 

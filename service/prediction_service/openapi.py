@@ -177,6 +177,10 @@ def _ready_schema() -> dict:
         "failed_models": {"type": "array", "items": {"type": "object"}},
         "redis": {"type": "string", "enum": ["up", "down"]},
         "database": {"type": "string", "enum": ["up", "down", "disabled"]},
+        "storage": {"type": "string", "enum": ["timescaledb", "partitions", "unknown", "disabled"],
+                    "description": "What the prediction tables are: TimescaleDB hypertables, or native daily "
+                                   "partitions (PostgreSQL without TimescaleDB); unknown until the database "
+                                   "has answered (or before migrations); disabled without DB logging."},
         "db_queue_rows": {"type": "integer"}}}
 
 

@@ -1,5 +1,6 @@
 """Operations against the running environment: backup then restore gives the same data; the
 testinfra suite (tests/host) passes against local://; a second `make up` changes nothing."""
+import os
 import socket
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import time
 
 import pytest
 
+from harness.postgres import timescaledb_missing
 from localenv_support import ROOT, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -107,3 +109,21 @@ def test_second_up_changes_nothing_and_then_is_fast(localenv):
     assert fast.returncode == 0 and "nothing changed" in fast.stdout, fast.stdout[-3000:]
     assert time.monotonic() - started < 20
     assert f"X-API-Key: {localenv.api_key}" in fast.stdout
+
+
+def test_status_and_ready_name_the_storage_in_use(localenv):
+    """make up runs TimescaleDB when it is installed (hypertables), else the partitions fallback; both say which."""
+    missing = timescaledb_missing()
+    if missing and os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the local environment on TimescaleDB: {missing}")
+    expected = "partitions" if missing else "timescaledb"
+    ready = localenv.session().get(f"{localenv.url}/ready", timeout=10).json()
+    assert ready["storage"] == expected, ready
+    status = subprocess.run([str(ROOT / "scripts" / "localenv.sh"), "status"], capture_output=True, text=True,
+                            env=localenv.env, timeout=60)
+    assert f"storage     {expected}" in status.stdout, status.stdout
+    kinds = localenv.sql("SELECT relkind FROM pg_class WHERE relname IN ('predictions', 'prediction_metrics')")
+    assert {k for (k,) in kinds} == ({"p"} if missing else {"r"})
+    if not missing:
+        jobs = localenv.sql("SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL")
+        assert jobs == [(4,)]  # retention and compression, on both hypertables

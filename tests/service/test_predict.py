@@ -135,7 +135,7 @@ async def test_public_endpoints_need_no_auth(client, path):
 async def test_ready_reports_models_and_dependencies(client):
     body = await (await client.get("/ready")).json()
     assert body == {"status": "ready", "models_loaded": 3, "failed_models": [], "redis": "up",
-                    "database": "disabled", "db_queue_rows": 0}
+                    "database": "disabled", "storage": "disabled", "db_queue_rows": 0}
 
 
 async def test_local_tier_model_never_touches_redis(client, redis_server):

@@ -58,6 +58,18 @@ async def test_rows_appear_in_predictions(aiohttp_client, make_settings, fresh_d
     assert ready["database"] == "up" and ready["status"] == "ready"
 
 
+async def test_ready_names_the_storage_the_rows_go_to(aiohttp_client, make_settings, postgres_in_mode, storage_mode):
+    """/ready says whether the predictions land in TimescaleDB hypertables or native partitions."""
+    dsn = postgres_in_mode.create_database(f"ready_storage_{storage_mode}")
+    apply_migrations(dsn)
+    client = await aiohttp_client(create_app(make_settings(timescale_url=dsn, db_logging="true",
+                                                           db_flush_interval_seconds=0.1)))
+    body = await (await client.get("/ready")).json()
+    assert body["database"] == "up" and body["storage"] == storage_mode
+    await client.post(URL, json=IRIS, headers=AUTH)
+    assert await eventually(lambda: count_rows(dsn) == 1)
+
+
 @pytest.mark.slow
 async def test_database_outage_loses_no_rows(aiohttp_client, make_settings, postgres_factory):
     pg = postgres_factory()

@@ -46,6 +46,13 @@ _RETRYABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.error
               asyncio.TimeoutError, OSError)
 
 
+# What the migrations built, in one scalar: "timescaledb" (hypertables), "partitions" (the native
+# fallback) or NULL (not migrated yet). Read by the health check and the hourly maintenance.
+STORAGE_SQL = ("SELECT CASE (SELECT relkind FROM pg_class WHERE oid = to_regclass('predictions')) "
+               "WHEN 'p' THEN 'partitions' "
+               "WHEN 'r' THEN (SELECT 'timescaledb' FROM pg_extension WHERE extname = 'timescaledb') END")
+
+
 class _NoMetric:
     def inc(self, amount: float = 1) -> None:
         pass
@@ -93,6 +100,8 @@ class PredictionWriter:
         self.rows_written = 0
         self.rows_dropped = 0
         self.write_errors = 0
+        #: "timescaledb" | "partitions" as last read from the database; "unknown" before that.
+        self.storage_mode = "unknown"
 
         m = _resolve_metrics(metrics)
         self._m_queue, self._m_written, self._m_dropped, self._m_errors = (
@@ -177,7 +186,8 @@ class PredictionWriter:
             self._pool = None
 
     async def healthy(self) -> bool:
-        """Whether the database answers: the last contact if recent, else a ``SELECT 1`` (short timeout)."""
+        """Whether the database answers: the last contact if recent, else a one-row query (short timeout)
+        that also refreshes :attr:`storage_mode`."""
         if self._pool is None or self._closed:
             return False
         if self._db_ok is not None and time.monotonic() - self._db_checked < self.health_fresh:
@@ -193,7 +203,8 @@ class PredictionWriter:
     async def _select_one(self) -> None:
         async with self._pool.acquire() as conn:
             async with conn.cursor() as cur:
-                await cur.execute("SELECT 1", timeout=self.health_timeout)
+                await cur.execute(STORAGE_SQL, timeout=self.health_timeout)
+                self.storage_mode = (await cur.fetchone())[0] or "unknown"
 
     # -- the background task ----------------------------------------------------------------
     async def _run(self) -> None:
@@ -322,7 +333,8 @@ class PredictionWriter:
                     await cur.execute(
                         "SELECT 'created', p FROM prediction_partitions_ensure(%s) AS p "
                         "UNION ALL SELECT 'dropped', p FROM prediction_partitions_drop_older_than("
-                        "make_interval(days => %s)) AS p",
+                        "make_interval(days => %s)) AS p "
+                        f"UNION ALL SELECT 'storage', ({STORAGE_SQL})",
                         (self.partitions_ahead, self.retention_days), timeout=self.statement_timeout)
                     changes = await cur.fetchall()
         except Exception as exc:  # noqa: BLE001 — rows keep flowing into the DEFAULT partition
@@ -333,7 +345,10 @@ class PredictionWriter:
         self._contact(True)
         self._next_maintenance = time.monotonic() + self.maintenance_interval
         for action, name in changes:
-            log.info("partition maintenance: %s %s", action, name)
+            if action == "storage":
+                self.storage_mode = name or "unknown"
+            else:
+                log.info("partition maintenance: %s %s", action, name)
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _written(self, n: int) -> None:
