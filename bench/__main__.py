@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the service to one CPU and wrk to another with taskset")
     p.add_argument("--markdown", action="store_true", help="print the Markdown tables instead of the console table")
+    p.add_argument("--storage", choices=["auto", "timescaledb", "partitions"], default=_env("BENCH_STORAGE", "auto"),
+                   help="the throwaway PostgreSQL of service mode: with TimescaleDB preloaded (hypertables, as "
+                        "deployed) or without (native partitions); auto = TimescaleDB when installed (BENCH_STORAGE)")
     p.add_argument("--profile", choices=["b", "c", "d", "c-shared"], default=None,
                    help="instead of the benchmark: one run of this scenario with the service under pyinstrument; "
                         "writes bench-results/profile-<scenario>.{txt,html,pyisession}")
@@ -103,6 +106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"wrk needs at least one connection per thread ({args.threads} threads, "
                 f"{min(args.connections)} connections)")
     args.version = args.version or None
+    if args.storage == "auto":
+        from .environment import timescaledb_missing
+        args.storage = "partitions" if timescaledb_missing() else "timescaledb"
     return args
 
 
@@ -131,7 +137,8 @@ def run_service_mode(args, log) -> tuple[dict, str]:
     service_cpus, wrk_cpus = _cpus(args.no_pin)
     if not (ROOT / "service" / "models").is_dir():
         raise BenchError("service/models is missing: run `make model` first (make bench does)")
-    with ServiceEnvironment(logdir=args.output / "logs", service_cpus=service_cpus, log=log) as env:
+    with ServiceEnvironment(logdir=args.output / "logs", service_cpus=service_cpus, log=log,
+                            timescaledb=args.storage == "timescaledb") as env:
         baseline = env.start_baseline()
         logging_on = env.start_service("service-logging-on", PREDICTION_DB_LOGGING="true")
         logging_off = env.start_service("service-logging-off", PREDICTION_DB_LOGGING="false")
@@ -159,7 +166,7 @@ def run_service_mode(args, log) -> tuple[dict, str]:
     settings = _settings(args, service_cpus, wrk_cpus)
     extra = {"model": {"name": args.model, "version": info["version"], "cache_tier": info.get("cache_tier"),
                        "shared_version": shared, "features": features},
-             "database": {"predictions_rows_at_end": rows}}
+             "database": {"predictions_rows_at_end": rows, "storage": args.storage}}
     return report.build_results(plan, runs, settings, extra), "bench"
 
 
@@ -203,7 +210,8 @@ def run_profile_mode(args, log) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     session = (args.output / f"profile-{args.profile}.pyisession").resolve()
     logging_on = "false" if args.profile == "d" else "true"
-    with ServiceEnvironment(logdir=args.output / "logs", service_cpus=service_cpus, log=log) as env:
+    with ServiceEnvironment(logdir=args.output / "logs", service_cpus=service_cpus, log=log,
+                            timescaledb=args.storage == "timescaledb") as env:
         svc = env.start_service(f"service-profile-{args.profile}", profile_to=session,
                                 PREDICTION_DB_LOGGING=logging_on)
         info = version_info(describe_models(svc.url, env.api_key), args.model, args.version)

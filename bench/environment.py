@@ -25,7 +25,7 @@ DEFAULT_MODELS = SERVICE_DIR / "models"
 
 sys.path.insert(0, str(ROOT / "tests"))
 from harness.net import free_port  # noqa: E402
-from harness.postgres import PostgresServer, start_postgres  # noqa: E402
+from harness.postgres import PostgresServer, start_postgres, timescaledb_missing  # noqa: E402,F401
 from harness.redis import RedisServer, start_redis  # noqa: E402
 
 
@@ -151,6 +151,7 @@ class ServiceEnvironment:
     service_cpus: str | None = None      # taskset list for the service and baseline, e.g. "1"
     model_path: Path = DEFAULT_MODELS
     log: object = print
+    timescaledb: bool = False            # preload TimescaleDB: the migrations build hypertables
     api_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(48))
     postgres: PostgresServer | None = None
@@ -160,8 +161,9 @@ class ServiceEnvironment:
     def __enter__(self) -> "ServiceEnvironment":
         self.logdir.mkdir(parents=True, exist_ok=True)
         try:
-            self.log("==> starting throwaway PostgreSQL 15 and Redis")
-            self.postgres = start_postgres()
+            self.log("==> starting throwaway PostgreSQL 15" + (" with TimescaleDB" if self.timescaledb else "")
+                     + " and Redis")
+            self.postgres = start_postgres(timescaledb=self.timescaledb)
             self.redis = start_redis()
             self._migrate()
         except BaseException:
