@@ -14,6 +14,7 @@ from .middleware import service_middleware
 from .models import ModelRegistry, load_models
 from .openapi import build_openapi
 from .state import STATE, ServiceState
+from .v2 import handlers as v2
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/openapi.json", handlers.openapi, allow_head=False)
     app.router.add_get("/api/v1/models", handlers.list_models, allow_head=False)
     app.router.add_post("/api/v1/models/{name}/predict", handlers.predict)
+    v2.add_routes(app)
 
 
 async def _external_clients(app: web.Application):

@@ -1,4 +1,5 @@
-"""JSON errors: ``{"error": {"code": "...", "message": "..."}}`` for every non-2xx answer.
+"""JSON errors: ``{"error": {"code": "...", "message": "..."}}`` for every non-2xx answer
+(``{"error": "..."}`` on the Open Inference Protocol's ``/v2`` paths).
 
 Handlers raise :class:`ApiError`; :func:`handle_exception` (called by middleware.py) turns it —
 and aiohttp's own HTTP exceptions (404, 405, 413 …) and anything unexpected — into that shape. Unexpected exceptions are
@@ -13,6 +14,9 @@ import logging
 from aiohttp import web
 
 log = logging.getLogger(__name__)
+
+V2_ROOT = "/v2"
+V2_PREFIX = "/v2/"
 
 # aiohttp's status-only exceptions, mapped to our stable codes.
 _HTTP_CODES = {
@@ -52,12 +56,33 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
     return error_response(exc.status, code, message, headers or None)
 
 
+def v2_error(response: web.Response) -> web.Response:
+    """The same error in the Open Inference Protocol's shape, ``{"error": "<message>"}``.
+
+    The protocol answers a request it cannot serve with "typically 400": our 422 (JSON, but not
+    valid input) is a 400 there; every other status and header is kept.
+    """
+    message = json.loads(response.body)["error"]["message"]
+    status = 400 if response.status == 422 else response.status
+    headers = {k: v for k, v in response.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
+    return web.Response(status=status, body=json.dumps({"error": message}).encode(),
+                        content_type="application/json", headers=headers or None)
+
+
 def handle_exception(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The JSON answer for an exception raised while handling ``request`` (see middleware.py).
 
     Every error leaves as JSON, no traceback ever reaches the client; HTTP exceptions below 400
-    (redirects etc.) are re-raised untouched.
+    (redirects etc.) are re-raised untouched. On ``/v2`` paths in that protocol's shape.
     """
+    response = _error_for(request, exc)
+    path = request.path
+    if path == V2_ROOT or path.startswith(V2_PREFIX):
+        return v2_error(response)
+    return response
+
+
+def _error_for(request: web.Request, exc: Exception) -> web.Response:
     if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
     if isinstance(exc, web.HTTPException):

@@ -20,12 +20,13 @@ REQUEST_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02
 INFERENCE_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                      0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
+# api: "v1" (/api/v1), "v2" (the Open Inference Protocol's /v2) or "none" (probes, documents).
 requests_total = Counter(
-    f"{NS}_requests_total", "HTTP requests answered, by route template, method and status code.",
-    ["endpoint", "method", "status"])
+    f"{NS}_requests_total", "HTTP requests answered, by route template, method, status code and API.",
+    ["endpoint", "method", "status", "api"])
 request_duration_seconds = Histogram(
     f"{NS}_request_duration_seconds", "Time from request received to response ready, in seconds.",
-    ["endpoint", "method"], buckets=REQUEST_BUCKETS)
+    ["endpoint", "method", "api"], buckets=REQUEST_BUCKETS)
 requests_in_progress = Gauge(
     f"{NS}_requests_in_progress", "API requests being handled right now (bounded by PREDICTION_MAX_IN_FLIGHT).")
 requests_rejected_total = Counter(

@@ -1,8 +1,9 @@
-"""The one HTTP middleware: request metrics, JSON errors, and the guard of ``/api/v1/*``.
+"""The one HTTP middleware: request metrics, JSON errors, and the guard of ``/api/v1/*`` and ``/v2``.
 
-What it does, outermost first: metrics (every request counted, with the status it finally got)
-→ errors (every failure leaves as the JSON error shape, see errors.py) → guard (only ``/api/v1/*``:
-overload, auth, per-request timeout) → handler. The guard answers a fast 503 with
+What it does, outermost first: metrics (every request counted, with the status it finally got
+and the API it belongs to) → errors (every failure leaves as the JSON error shape, see errors.py)
+→ guard (``/api/v1/*`` and ``/v2*`` but the V2 health APIs: overload, auth, per-request timeout)
+→ handler. The guard answers a fast 503 with
 ``Retry-After`` once PREDICTION_MAX_IN_FLIGHT API requests are being handled, so the server stays
 responsive under any load; health, readiness and metrics are never limited nor authenticated.
 
@@ -17,8 +18,9 @@ import time
 from aiohttp import web
 
 from . import metrics
-from .errors import ApiError, handle_exception
+from .errors import V2_PREFIX, V2_ROOT, ApiError, handle_exception
 from .state import STATE
+from .v2.handlers import PUBLIC_ROUTES as V2_PUBLIC_ROUTES
 
 API_PREFIX = "/api/v1/"
 RETRY_AFTER_SECONDS = "1"
@@ -42,8 +44,9 @@ def _metric_children(endpoint: str, method: str, status: int) -> tuple:
     if found is None:
         if method not in _METHODS:
             method = "other"  # arbitrary client methods must not create new series
-        found = (metrics.requests_total.labels(endpoint, method, str(status)),
-                 metrics.request_duration_seconds.labels(endpoint, method))
+        api = "v1" if endpoint.startswith(API_PREFIX) else "v2" if endpoint.startswith(V2_ROOT) else "none"
+        found = (metrics.requests_total.labels(endpoint, method, str(status), api),
+                 metrics.request_duration_seconds.labels(endpoint, method, api))
         if len(_children) < 10000:
             _children[key] = found
     return found
@@ -116,7 +119,9 @@ async def service_middleware(request: web.Request, handler) -> web.StreamRespons
     status = 500  # what is counted if the request dies of something else (e.g. cancellation)
     try:
         try:
-            if request.path.startswith(API_PREFIX):
+            path = request.path
+            if path.startswith(API_PREFIX) or ((path.startswith(V2_PREFIX) or path == V2_ROOT)
+                                               and _endpoint(request) not in V2_PUBLIC_ROUTES):
                 response = await _guarded(request, handler, request.app[STATE])
             else:
                 response = await handler(request)

@@ -10,7 +10,8 @@ Strict and truthful, so a schema-driven client or fuzzer can rely on it:
   carries (``Retry-After`` on 503, ``WWW-Authenticate`` on 401, ``X-Request-ID`` on a prediction);
 - two variants: straight to an instance, and through the nginx gateway (a request that carries
   ``X-Forwarded-Proto``, which the gateway always sets). The gateway variant leaves out what the
-  gateway does not proxy (``/metrics``) and adds the statuses nginx answers itself.
+  gateway does not proxy (``/metrics``) and adds the statuses nginx answers itself (on ``/v2``
+  paths in that protocol's error shape, as the service's).
 
 The exact-schema promise holds when a model's versions share their features (as the demo models
 do); versions with different features are documented as the union of their instances.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from . import __version__
 from .models import Model, ModelRegistry
+from .v2.openapi import V2_ERROR_REF, v2_components, v2_paths
 
 OPENAPI_PATH = "/api/openapi.json"
 PREDICT_PATH = "/api/v1/models/{name}/predict"
@@ -27,18 +29,21 @@ ERROR_REF = {"$ref": "#/components/schemas/Error"}
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "required": True,
                                "schema": {"type": "integer", "minimum": 0}}}
 
-# What nginx answers itself on the proxied paths, before or instead of a replica (see
-# roles/nginx_gateway/templates/nginx.conf.j2): malformed request, client too slow, body over
-# client_max_body_size, URI or headers too long, and no replica answering.
+# What nginx answers itself on the proxied paths, before or instead of a replica, all as JSON
+# {"error": {"code", "message"}} (roles/nginx_gateway/templates/nginx.conf.j2): malformed request,
+# body over client_max_body_size, URI or headers too long, unsupported transfer coding or HTTP
+# version, its own failure, and no replica answering.
 GATEWAY_STATUSES = {
     "400": "Gateway: malformed HTTP request.",
-    "408": "Gateway: the request did not arrive in time.",
     "413": "Gateway: body over the gateway's size limit.",
     "414": "Gateway: request URI too long.",
-    "494": "Gateway: request headers too large.",
-    "502": "Gateway: no replica answered (all down or failing); retry after Retry-After.",
-    "503": "Gateway: no replica available; retry after Retry-After.",
-    "504": "Gateway: the replicas did not answer in time; retry after Retry-After.",
+    "431": "Gateway: request headers too large.",
+    "500": "Gateway: internal failure.",
+    "501": "Gateway: unsupported Transfer-Encoding.",
+    "502": "Gateway: no replica could be reached; retry after Retry-After.",
+    "503": "Gateway: the service is unavailable; retry after Retry-After.",
+    "504": "Gateway: no replica answered in time; retry after Retry-After.",
+    "505": "Gateway: unsupported HTTP version (use HTTP/1.1).",
 }
 GATEWAY_RETRY_STATUSES = ("502", "503", "504")
 
@@ -95,13 +100,16 @@ def _prediction_schema(model: Model) -> dict:
     return {"type": "object", "required": required, "properties": properties}
 
 
-def _api_errors() -> dict:
-    """Statuses of every authenticated /api/v1 operation."""
-    return {"401": _error("Missing, wrong or expired credentials.", headers={
+def _api_errors(error_ref: dict = ERROR_REF) -> dict:
+    """Statuses of every authenticated operation (of /api/v1, or with the V2 error body of /v2)."""
+    def error(description: str, headers: dict) -> dict:
+        return {"description": description, "content": _json_content(error_ref), "headers": headers}
+
+    return {"401": error("Missing, wrong or expired credentials.", headers={
                 "WWW-Authenticate": {"required": True, "schema": {"type": "string"},
                                      "description": "The Bearer challenge."}}),
-            "503": _error("Overloaded (too many requests in flight), timed out, or the instance is "
-                          "shutting down.", headers=RETRY_AFTER)}
+            "503": error("Overloaded (too many requests in flight), timed out, or the instance is "
+                         "shutting down.", headers=RETRY_AFTER)}
 
 
 def _predict_operation(name: str, versions: dict[str, Model], default: str, max_batch: int,
@@ -210,20 +218,22 @@ def _probe_paths(with_metrics: bool) -> dict:
 
 
 def _add_gateway_statuses(paths: dict) -> None:
-    """Every operation also documents what nginx answers itself (all JSON errors)."""
-    for operations in paths.values():
+    """Every operation also documents what nginx answers itself (JSON errors, on /v2 in V2's shape)."""
+    for path, operations in paths.items():
+        error_ref = V2_ERROR_REF if path == "/v2" or path.startswith("/v2/") else ERROR_REF
         for operation in operations.values():
             responses = operation["responses"]
             for status, description in GATEWAY_STATUSES.items():
                 headers = RETRY_AFTER if status in GATEWAY_RETRY_STATUSES else None
                 own = responses.get(status)
                 if own is None:
-                    responses[status] = _error(description, headers)
+                    responses[status] = {"description": description, "content": _json_content(error_ref),
+                                         **({"headers": headers} if headers else {})}
                     continue
                 # The instance answers this status too: one entry, either body; the header is
                 # required only if both send it.
                 merged = {"description": f"{own['description']} {description}",
-                          "content": _json_content(_union([own["content"]["application/json"]["schema"], ERROR_REF]))}
+                          "content": _json_content(_union([own["content"]["application/json"]["schema"], error_ref]))}
                 if headers and "Retry-After" in own.get("headers", {}):
                     merged["headers"] = headers
                 elif headers:
@@ -244,21 +254,24 @@ def _components() -> dict:
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                 "type": "object", "required": ["code", "message"],
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+            **v2_components(),
         },
     }
 
 
 def build_openapi(registry: ModelRegistry, max_batch: int, max_body_bytes: int, *, gateway: bool = False) -> dict:
     """The document for clients of one instance, or (``gateway``) of the nginx gateway."""
-    paths = {**_probe_paths(with_metrics=not gateway), **_v1_paths(registry, max_batch, max_body_bytes)}
+    paths = {**_probe_paths(with_metrics=not gateway), **_v1_paths(registry, max_batch, max_body_bytes),
+             **v2_paths(registry, max_batch, max_body_bytes, _api_errors(V2_ERROR_REF))}
     if gateway:
         _add_gateway_statuses(paths)
     where = "through the gateway" if gateway else "straight to one instance"
     return {
         "openapi": "3.0.3",
         "info": {"title": "Prediction service", "version": __version__,
-                 "description": f"ONNX model predictions over HTTP ({where}). Errors are always "
-                                "`{\"error\": {\"code\", \"message\"}}`."},
+                 "description": f"ONNX model predictions over HTTP ({where}): /api/v1, and the Open Inference "
+                                "Protocol (KServe V2 REST) under /v2. Errors are `{\"error\": {\"code\", \"message\"}}`, "
+                                "on /v2 paths `{\"error\": \"<message>\"}`."},
         "security": [{"ApiKey": []}, {"BearerJWT": []}],
         "paths": paths,
         "components": _components(),

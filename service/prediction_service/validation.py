@@ -130,6 +130,23 @@ def feature_row(instance, model: Model, index: int) -> list[float]:
     return row
 
 
+def check_row(row: list, model: Model, where: str) -> None:
+    """Validate the values of one row given in feature order (the V2 tensors): the checks of
+    :func:`feature_row`, with the same errors."""
+    bounds, features = model.bounds, model.features
+    for i, value in enumerate(row):
+        t = type(value)
+        if t is not float and t is not int:
+            raise ApiError(422, "invalid_feature_type",
+                           f"{where}: feature {features[i].name!r} must be a number, got {_json_type(value)}")
+        lo, hi = bounds[i]
+        if not lo <= value <= hi:  # also false for NaN and the infinities
+            raise out_of_range(model, i, value, where)
+        if t is float and features[i].type == "integer" and not value.is_integer():
+            raise ApiError(422, "invalid_feature_type",
+                           f"{where}: feature {features[i].name!r} must be an integer, got {value!r}")
+
+
 def out_of_range(model: Model, i: int, value, where: str) -> ApiError:
     """The error for a value outside feature ``i``'s accepted range (float32, or the declared one)."""
     feature = model.features[i]

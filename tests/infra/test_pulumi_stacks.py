@@ -279,9 +279,10 @@ def test_nginx_tls_redirect_and_locations(stack):
     assert re.search(r"listen 80;", conf) and re.search(r"listen 443 ssl;", conf)
     assert "location /api/ {\n            proxy_pass http://prediction_backend;" in conf
     assert re.search(r"location \^~ /metrics \{\s*return 404", conf)
-    # /metrics is proxied nowhere: the only proxy_pass locations are /api/, /health and /ready.
+    # /metrics is proxied nowhere: the only proxy_pass locations are /api/, /health, /ready and the
+    # Open Inference Protocol's /v2.
     proxied = re.findall(r"location ([^{]+?) \{\s*proxy_pass", conf)
-    assert proxied == ["/api/", "= /health", "= /ready"]
+    assert proxied == ["/api/", "= /health", "= /ready", "= /v2", "/v2/"]
     assert "proxy_http_version 1.1;" in conf and 'proxy_set_header Connection "";' in conf
     assert re.search(r"proxy_next_upstream error timeout non_idempotent;", conf)
     gw = graph.container("gateway-container")

@@ -215,13 +215,14 @@ def test_gateway_balances_api_over_every_upstream_with_keepalive(gateway):
         assert all(r["version"] == "HTTP/1.1" and r["connection"] is None for r in b.requests)
         # Keep-alive: the requests to one replica share connections instead of opening one each.
         assert len({r["peer"] for r in b.requests}) < len(b.requests)
-    status, _, body = fetch(f"{base}/health")
-    assert status == 200 and json.loads(body)["path"] == "/health"
+    for path in ("/health", "/v2", "/v2/health/ready", "/v2/models/m/infer"):  # the V2 protocol too
+        status, _, body = fetch(f"{base}{path}")
+        assert status == 200 and json.loads(body)["path"] == path, path
 
 
 def test_gateway_hides_metrics_and_unknown_paths(gateway):
     base = f"https://127.0.0.1:{gateway['https']}"
-    for path in ("/metrics", "/metrics/", "/api/../metrics", "/", "/admin"):
+    for path in ("/metrics", "/metrics/", "/api/../metrics", "/", "/admin", "/v2x", "/v2/../metrics"):
         status, _, _ = fetch(f"{base}{path}")
         assert status == 404, path
     assert not [r for b in gateway["backends"] for r in b.requests if "metrics" in r["path"]]
@@ -258,6 +259,21 @@ def test_gateway_retries_post_on_a_dead_replica(gateway):
 def test_gateway_own_errors_are_api_json(gateway):
     assert check_own_errors("127.0.0.1", gateway["https"]) == []
     assert not [r for b in gateway["backends"] for r in b.requests], "nginx answered these itself"
+
+
+def test_gateway_own_errors_on_v2_paths_take_the_protocol_shape(gateway):
+    """The Open Inference Protocol's error body, {"error": "<message>"}, on /v2 paths."""
+    trace = raw_request("127.0.0.1", gateway["https"],
+                        b"TRACE /v2/models/iris/infer HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    assert (trace.status, trace.headers.get("allow")) == (405, "POST")
+    assert json.loads(trace.body) == {"error": "method TRACE not allowed; use POST"}
+    big = raw_request("127.0.0.1", gateway["https"],
+                      b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                      b"Content-Length: 3000000\r\n\r\n")
+    assert big.status == 413 and isinstance(json.loads(big.body)["error"], str), big
+    api = raw_request("127.0.0.1", gateway["https"],
+                      b"TRACE /api/v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    assert json.loads(api.body)["error"]["code"] == "method_not_allowed"  # /api keeps the API's shape
 
 
 def test_gateway_every_replica_down_is_json_502_with_retry_after(gateway):

@@ -13,6 +13,7 @@ import requests
 import schemathesis
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from service_support import AUTH, IRIS, ServiceProcess, service_env
 from prediction_service.app import create_app
@@ -20,6 +21,7 @@ from prediction_service.models import load_models
 from prediction_service.openapi import GATEWAY_STATUSES, build_openapi
 
 ST = Path(sys.executable).parent / "st"
+ST_CONFIG = Path(__file__).resolve().parents[1] / "schemathesis.toml"
 
 
 def documented_operations(doc: dict) -> set[tuple[str, str]]:
@@ -56,7 +58,7 @@ async def test_gateway_gets_its_own_document(client):
             for status in ("502", "504"):
                 assert op["responses"][status]["headers"]["Retry-After"]["required"] is True
     for ops in direct["paths"].values():
-        assert not {"414", "494", "502", "504"} & {s for op in ops.values() for s in op["responses"]}
+        assert not {"414", "431", "502", "504"} & {s for op in ops.values() for s in op["responses"]}
     # Probes are documented as public, the API as authenticated.
     assert direct["openapi"].startswith("3.")
     assert set(direct["components"]["securitySchemes"]) == {"ApiKey", "BearerJWT"}
@@ -110,17 +112,23 @@ def test_fuzzed_requests_pass_every_check(running_service, mode):
     exercised: dict[str, int] = {}
     for operation in operations:
         label = f"{operation.method.upper()} {operation.path}"
-        # Bodies and parameters only vary on predict; the GET endpoints take no input.
-        examples = 100 if operation.method == "post" else 10
+        # Bodies and parameters only vary on predict and infer; the GET endpoints take no input.
+        examples = 60 if operation.method == "post" else 10
+        # V2 infer: the schema cannot tie a shape to its data length, so valid-looking data may get
+        # a 400 (tests/schemathesis.toml says the same to `st run`); anything else is still checked.
+        infer = operation.path.endswith("/infer")
 
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case):
             # Status documented, body and headers as documented, valid data accepted, invalid rejected…
-            with_key = case.call_and_validate(headers=AUTH, timeout=30)
+            with_key = case.call_and_validate(headers=AUTH, timeout=30,
+                                              excluded_checks=[positive_data_acceptance] if infer else None)
+            if infer and mode == schemathesis.GenerationMode.POSITIVE:
+                assert with_key.status_code in (200, 400), with_key.text[:500]
             if with_key.status_code >= 400:
                 error = with_key.json()["error"]
-                assert error["code"] and error["message"]
+                assert error if operation.path.startswith("/v2") else error["code"] and error["message"]
             # The same case with the generator's own credentials (or none): still no 5xx, no traceback.
             as_generated = case.call(timeout=30)
             assert as_generated.status_code < 500, as_generated.text[:500]
@@ -131,6 +139,7 @@ def test_fuzzed_requests_pass_every_check(running_service, mode):
     # Every operation schemathesis takes from the document (it leaves out the document's own URL).
     assert set(exercised) == {f"{op.method.upper()} {op.path}" for op in operations}
     assert all(exercised[f"POST /api/v1/models/{name}/predict"] >= 30 for name in ("iris", "diabetes"))
+    assert all(exercised[f"POST /v2/models/{name}/infer"] >= 30 for name in ("iris", "diabetes"))
 
 
 @pytest.mark.slow
@@ -138,12 +147,13 @@ def test_fuzzed_requests_pass_every_check(running_service, mode):
 def test_schemathesis_run_with_all_checks_finds_nothing(running_service, variant, tmp_path):
     """The CLI as a user runs it: examples, coverage (boundaries, wrong methods, missing auth), fuzzing."""
     extra = ["-H", "X-Forwarded-Proto: https"] if variant == "gateway" else []
-    proc = subprocess.run([str(ST), "run", f"{running_service.url}/api/openapi.json", "--checks", "all",
-                           "-H", f"X-API-Key: {AUTH['X-API-Key']}", *extra, "--max-examples", "60",
-                           "--no-color"],
+    proc = subprocess.run([str(ST), "--config-file", str(ST_CONFIG), "run", f"{running_service.url}/api/openapi.json",
+                           "--checks", "all", "-H", f"X-API-Key: {AUTH['X-API-Key']}", *extra,
+                           "--max-examples", "25", "--no-color"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
-    assert "No issues found" in proc.stdout
+    summary = proc.stdout.strip().splitlines()[-1]  # "=== No issues found in …" or "=== 1 warning in …"
+    assert "failure" not in summary and "error" not in summary, proc.stdout[-3000:]
 
 
 @pytest.mark.slow
