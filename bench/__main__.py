@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .runner import BenchError, interleave
-from .scenarios import gateway_plan, instance_body, predict_url, service_plan
+from .scenarios import gateway_plan, instance_body, predict_url, service_plan, v2_body, v2_url
 from . import report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,6 +149,7 @@ def run_service_mode(args, log) -> tuple[dict, str]:
         _check(predict_url(baseline.url, args.model, args.version), env.api_key, body, "baseline")
         log(f"==> {args.model} v{info['version']} (cache tier {info.get('cache_tier')}) takes {features}; "
             f"sample answer: {json.dumps(answer)[:160]}")
+        _check(v2_url(logging_on.url, args.model, args.version), env.api_key, v2_body(features), "service (V2)")
         if shared:
             _check(predict_url(logging_on.url, args.model, shared), env.api_key, body, "service (shared tier)")
             log(f"==> (c-shared): {args.model} v{shared}, cache tier shared")
@@ -158,7 +159,7 @@ def run_service_mode(args, log) -> tuple[dict, str]:
             model=args.model, version=args.version, features=features, feature_range=args.feature_range,
             connections=args.connections, threads=args.threads, tier=str(info.get("cache_tier")),
             shared_version=shared,
-            probes={"a": cpu_probe(baseline.proc.pid), "b": on, "c": on, "c-shared": on,
+            probes={"a": cpu_probe(baseline.proc.pid), "b": on, "b-v2": on, "c": on, "c-shared": on,
                     "d": combine(metrics_probe(logging_off.url, args.model), cpu_probe(logging_off.proc.pid))})
         _announce(plan, args, log, service_cpus, wrk_cpus)
         runs = interleave(plan.targets, plan.pairs, args.pairs, args.duration, args.warmup, cpus=wrk_cpus, log=log)

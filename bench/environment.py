@@ -122,7 +122,7 @@ def metrics_probe(base_url: str, model: str):
                 add(short[:-len("_total")], value)
             elif short == "requests_rejected_total":
                 add("rejected", value)
-            elif short == "requests_total" and "predict" in labels.get("endpoint", ""):
+            elif short == "requests_total" and labels.get("endpoint", "").endswith(("/predict", "/infer")):
                 add("responses_2xx" if labels.get("status", "").startswith("2") else "responses_not_2xx", value)
         return acc
 

@@ -6,7 +6,8 @@ Two modes share the runner and the report:
   (a) baseline, (b) predict cache hit, (c) predict cache miss with DB logging, on the deployed
   configuration (the model's own cache tier: iris v1 is "local", so a miss never asks Redis),
   (d) as (c) with DB logging off, and (c-shared) as (c) on a version whose cache tier is
-  "shared" (iris v2), so the cost of the Redis tier (MGET on a miss, background SET) shows.
+  "shared" (iris v2), so the cost of the Redis tier (MGET on a miss, background SET) shows;
+  (b-v2) the instance of (b) through the Open Inference Protocol (/v2 infer), paired with (b).
 - ``gateway`` (issue 5): the same predict request through nginx TLS (https://localhost:8443)
   against one instance reached directly, at 16 and 64 connections.
 """
@@ -19,6 +20,8 @@ from typing import Callable
 from .runner import Pair, Target
 
 PREDICT_PATH = "/api/v1/models/{model}/predict"
+V2_INFER_PATH = "/v2/models/{model}/infer"
+V2_INPUT = "input"  # the demo models' ONNX input: the [N, n_features] tensor of a V2 request
 
 
 # --- request bodies -------------------------------------------------------------------------------
@@ -29,6 +32,13 @@ def instance_body(features: list[str], value: float = 1.0, version: str | None =
     return json.dumps(body, separators=(",", ":"))
 
 
+def v2_body(features: list[str], value: float = 1.0) -> str:
+    """The instance of :func:`instance_body` as a V2 inference request: one [1, n] FP32 tensor."""
+    data = [value + i * 0.5 for i in range(len(features))]
+    return json.dumps({"inputs": [{"name": V2_INPUT, "shape": [1, len(features)], "datatype": "FP32", "data": data}]},
+                      separators=(",", ":"))
+
+
 def random_template(features: list[str]) -> str:
     """The same body with a ``@i@`` marker where random.lua writes the i-th feature value."""
     return "{" + ",".join(f'{json.dumps(name)}:@{i}@' for i, name in enumerate(features)) + "}"
@@ -37,6 +47,11 @@ def random_template(features: list[str]) -> str:
 def predict_url(base: str, model: str, version: str | None) -> str:
     url = base.rstrip("/") + PREDICT_PATH.format(model=model)
     return url + (f"?version={version}" if version else "")
+
+
+def v2_url(base: str, model: str, version: str | None) -> str:
+    path = f"/v2/models/{model}/versions/{version}/infer" if version else V2_INFER_PATH.format(model=model)
+    return base.rstrip("/") + path
 
 
 # --- goals ----------------------------------------------------------------------------------------
@@ -100,6 +115,9 @@ SERVICE_SCENARIOS = {
           "A bare aiohttp handler that parses the same JSON body and returns a constant: the framework ceiling."),
     "b": ("(b) predict, cache hit",
           "The same instance on every request: after the first, answered from the in-process cache tier."),
+    "b-v2": ("(b-v2) V2 infer, cache hit",
+             "The instance of (b) as an Open Inference Protocol request (one [1, n] FP32 JSON tensor) to "
+             "/v2/models/<model>/infer: the same cache entry, so (b-v2)/(b) is the cost of the protocol."),
     "c": ("(c) predict, cache miss, DB logging, deployed cache tier ({tier})",
           "A new random instance on every request, on the model version as deployed (its cache tier: {tier}; "
           "'local' never asks Redis, 'shared' does): cache miss, ONNX inference, the result cached, and "
@@ -121,9 +139,11 @@ def service_plan(*, baseline_url: str, logging_url: str, nolog_url: str, api_key
     count; goals at every count measured. ``tier``: the cache tier of the benchmarked version."""
     probes = probes or {}
     fixed = ["fixed", [api_key, instance_body(features)]]
+    fixed_v2 = ["fixed", [api_key, v2_body(features)]]
     lo, hi = feature_range
     rand = ["random", [api_key, random_template(features), *[f"{lo:g}:{hi:g}"] * len(features)]]
     where = {"a": (baseline_url, fixed, version), "b": (logging_url, fixed, version),
+             "b-v2": (logging_url, fixed_v2, version),
              "c": (logging_url, rand, version), "d": (nolog_url, rand, version),
              "c-shared": (logging_url, rand, shared_version)}
     scenarios = {s: v for s, v in SERVICE_SCENARIOS.items() if s != "c-shared" or shared_version}
@@ -139,14 +159,17 @@ def service_plan(*, baseline_url: str, logging_url: str, nolog_url: str, api_key
         for s, (label, desc) in scenarios.items():
             base, (script, args), v = where[s]
             targets[k[s]] = Target(key=k[s], label=label.format(**fill) + (f" @{conns}" if many else ""),
-                                   url=predict_url(base, model, v), script=script, script_args=list(args),
+                                   url=(v2_url if s == "b-v2" else predict_url)(base, model, v),
+                                   script=script, script_args=list(args),
                                    connections=conns, threads=threads, description=desc.format(**fill),
                                    probe=probes.get(s))
         for s in scenarios:
-            if s != "a":
+            if s not in ("a", "b-v2"):
                 pairs.append(Pair(k[s], k["a"]))
+        pairs.append(Pair(k["b-v2"], k["b"]))  # V2 against /api/v1 itself, the run right before it
         extra.append((f"{k['c']}/{k['d']}", k["c"], k["d"]))
         labels.update({f"{k['b']}/{k['a']}": "(b)/(a) cache hit vs ceiling",
+                       f"{k['b-v2']}/{k['b']}": "(b-v2)/(b) V2 infer vs /api/v1 predict, cache hit",
                        f"{k['c']}/{k['a']}": "(c)/(a) cache miss vs ceiling",
                        f"{k['d']}/{k['a']}": "(d)/(a) no DB logging vs ceiling",
                        f"{k['c']}/{k['d']}": "(c)/(d) cost of DB logging"})
@@ -160,8 +183,10 @@ def service_plan(*, baseline_url: str, logging_url: str, nolog_url: str, api_key
             Goal(f"(c)/(a) >= 0.35{at}", _ratio(f"{k['c']}/{k['a']}"), 0.35, True, basis="median ratio"),
             Goal(f"(c)/(d) >= 0.9{at} (logging costs < 10%)", _ratio(f"{k['c']}/{k['d']}"), 0.9, True,
                  basis="median of per-round ratios"),
+            Goal(f"(b-v2)/(b) >= 0.9{at} (V2 costs < 10% over /api/v1)", _ratio(f"{k['b-v2']}/{k['b']}"), 0.9, True,
+                 basis="median ratio"),
         ]
-        for s in ("b", "c", "d"):
+        for s in ("b", "b-v2", "c", "d"):
             goals.append(Goal(f"p99 of ({s}) < 20 ms{at}", _latency(k[s], "99"), 20.0, False, "ms",
                               basis="median over runs"))
         goals.append(Goal(f"zero errors{at}", _errors([k[s] for s in scenarios]), 0.0, False,

@@ -60,15 +60,16 @@ def test_json_has_numbers_for_every_scenario(bench_run):
     proc, out = bench_run
     doc = json.loads((out / "bench.json").read_text())
     assert doc["mode"] == "service"
-    assert set(doc["scenarios"]) == {"a", "b", "c", "d", "c-shared"}
+    assert set(doc["scenarios"]) == {"a", "b", "b-v2", "c", "d", "c-shared"}
     for key, s in doc["scenarios"].items():
-        # the baseline runs before each of the four candidates in every round
-        assert s["runs"] == (4 if key == "a" else 1), key
+        # (a) runs before each of its four candidates in every round, (b) also before (b-v2)
+        assert s["runs"] == {"a": 4, "b": 2}.get(key, 1), key
         assert s["rps_median"] > 0 and s["requests"] > 0, key
         for pct in ("50", "95", "99"):
             assert s["latency_ms_median"][pct] > 0, (key, pct)
         assert isinstance(s["error_count"], int), key
-    assert set(doc["ratios"]) == {"b/a", "c/a", "d/a", "c/d", "c-shared/a", "c-shared/c"}
+    assert set(doc["ratios"]) == {"b/a", "b-v2/b", "c/a", "d/a", "c/d", "c-shared/a", "c-shared/c"}
+    assert doc["scenarios"]["b-v2"]["url"].endswith("/v2/models/iris/infer")
     # (c) runs the default deployed version (iris v1, local tier), (c-shared) a shared-tier one
     assert doc["model"]["version"] == "1" and doc["model"]["cache_tier"] == "local"
     assert doc["model"]["shared_version"] == "2" and "?version=2" in doc["scenarios"]["c-shared"]["url"]
@@ -85,9 +86,10 @@ def test_scenarios_exercise_what_they_claim(bench_run):
     """The cache-hit run hits, the cache-miss runs miss, and the logging service really logs."""
     _, out = bench_run
     doc = json.loads((out / "bench.json").read_text())
-    b, c, d, cs = (doc["scenarios"][k]["probe"] for k in ("b", "c", "d", "c-shared"))
+    b, bv2, c, d, cs = (doc["scenarios"][k]["probe"] for k in ("b", "b-v2", "c", "d", "c-shared"))
     hits = lambda p: sum(v for k, v in p.items() if k.startswith("cache_hits_"))  # noqa: E731
-    assert hits(b) > 0.95 * (hits(b) + b["cache_misses"])
+    for p in (b, bv2):
+        assert hits(p) > 0.95 * (hits(p) + p["cache_misses"])
     for p in (c, d, cs):
         assert p["cache_misses"] > 0.95 * (hits(p) + p["cache_misses"])
     assert cs["cache_errors"] == 0  # the shared tier really talked to Redis, without failures
