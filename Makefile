@@ -9,11 +9,13 @@ STACK ?= dev
 MODELS := service/models
 LOCALENV_VAR_DIR ?= $(CURDIR)/var
 
-# System packages the tests and the local environment run for real.
+# System packages the tests and the local environment run for real, and what a minimal Debian 12
+# lacks around them: venv support, ps (testinfra), ss (testinfra sockets), CA certificates.
 APT_PACKAGES := postgresql-15 postgresql-client-15 redis-server redis-tools nginx prometheus \
-	prometheus-node-exporter wrk openssl curl
+	prometheus-node-exporter wrk openssl curl ca-certificates python3-venv procps iproute2
 
-.PHONY: help deps system-deps timescaledb venv model test up down status bench bench-gateway preview deploy lint clean
+.PHONY: help deps system-deps timescaledb venv model test up down status bench bench-gateway preview deploy lint clean \
+	pristine-check
 
 help:
 	@echo "make up       run the platform on this machine (prints URL and a ready curl)"
@@ -25,6 +27,7 @@ help:
 	@echo "make model    (re)build the demo models into $(MODELS)/"
 	@echo "make timescaledb   give PostgreSQL 15 the pinned TimescaleDB (package, else build from TIMESCALEDB_SOURCE)"
 	@echo "make preview|deploy STACK=dev|staging|prod   pulumi preview / up for one stack"
+	@echo "make pristine-check   make test and make up on a pristine Debian 12 container, timed (root, Docker)"
 
 deps: system-deps venv
 
@@ -44,9 +47,11 @@ timescaledb: system-deps
 
 venv: $(STAMP)
 
+# A .venv without a working pip (python3-venv was missing, an interrupted run) is made again.
 $(STAMP): requirements.txt requirements-dev.txt service/requirements.txt
 	@echo "==> creating $(VENV) and installing pinned requirements"
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "python3-venv is missing: run make system-deps as root (or sudo apt-get install python3-venv)"; exit 1; }
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || { rm -rf $(VENV); exit 1; }
 	@$(BIN)/pip install -q --upgrade pip
 	@$(BIN)/pip install -q -r requirements-dev.txt
 	@touch $@
@@ -88,6 +93,11 @@ preview deploy: venv
 	@pulumi whoami >/dev/null 2>&1 || { echo "not logged in: run pulumi login (or pulumi login --local) first"; exit 1; }
 	@pulumi stack select $(STACK) >/dev/null 2>&1 || pulumi stack init $(STACK)
 	@PATH="$(CURDIR)/$(BIN):$$PATH" pulumi $(if $(filter deploy,$@),up,preview) --stack $(STACK)
+
+# Before each release (not in CI: it repeats the whole suite inside a container): the two commands as a
+# new user runs them, on a debootstrapped Debian 12 with the clone under /root. Needs root and Docker.
+pristine-check:
+	@scripts/pristine-check.sh
 
 lint: deps
 	@$(BIN)/ansible-lint --offline roles playbooks

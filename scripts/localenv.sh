@@ -12,11 +12,43 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/.venv/bin"
-VAR_DIR="${LOCALENV_VAR_DIR:-$ROOT/var}"
+# Resolved: var may be a symlink (see keep_state_reachable).
+VAR_DIR="${LOCALENV_VAR_DIR:-$(readlink -f "$ROOT/var")}"
 CONF="$VAR_DIR/supervisor/supervisord.conf"
 STATE="$VAR_DIR/localenv.env"
 
 supervisorctl() { "$BIN/supervisorctl" -c "$CONF" "$@"; }
+
+# Whether users other than the owner may traverse every folder down to $1.
+others_can_enter() {
+  local dir="$1"
+  while [[ "$dir" != / ]]; do
+    (( 8#$(stat -c %a "$dir") & 1 )) || return 1
+    dir="$(dirname "$dir")"
+  done
+}
+
+# As root, PostgreSQL runs as the postgres user and nginx's workers as www-data: both must reach the
+# state folder. A clone inside a folder others cannot enter (/root, a mktemp -d) keeps its state in
+# /var/lib/prediction-platform/<clone>-<hash> (0755; secrets and keys inside stay 0600), and var is a
+# symlink to it, so the state stays where the README says and no folder's permissions are loosened.
+keep_state_reachable() {
+  [[ -z "${LOCALENV_VAR_DIR:-}" && "$(id -u)" == 0 && ! -L "$ROOT/var" ]] || return 0
+  others_can_enter "$ROOT" && return 0
+  local outside
+  outside="/var/lib/prediction-platform/$(basename "$ROOT")-$(printf %s "$ROOT" | sha256sum | cut -c1-8)"
+  mkdir -p -m 0755 /var/lib/prediction-platform
+  if [[ -d "$ROOT/var" ]]; then
+    [[ -e "$outside" ]] && { echo "make up: both $ROOT/var and $outside exist: keep one (move it to $outside) and run make up again"; exit 1; }
+    mv "$ROOT/var" "$outside"  # the state of an earlier attempt
+  else
+    mkdir -p -m 0755 "$outside"
+  fi
+  chmod 0755 "$outside"
+  ln -s "$outside" "$ROOT/var"
+  echo "==> the postgres user cannot enter $ROOT: state in $outside (var is a symlink to it)"
+  VAR_DIR="$outside" CONF="$outside/supervisor/supervisord.conf" STATE="$outside/localenv.env"
+}
 
 running() { [[ -f "$CONF" ]] && supervisorctl pid >/dev/null 2>&1 && [[ "$(supervisorctl pid)" =~ ^[0-9]+$ ]]; }
 
@@ -71,6 +103,7 @@ print_urls() {
 case "${1:-}" in
   up)
     shift
+    keep_state_reachable
     want="$(fingerprint "$@")"
     if [[ "${LOCALENV_FULL:-0}" != 1 && -f "$STATE" && "$(cat "$VAR_DIR/.up-fingerprint" 2>/dev/null)" == "$want" ]] \
        && running && supervisorctl status >/dev/null 2>&1; then
@@ -82,9 +115,12 @@ case "${1:-}" in
       rm -f "$VAR_DIR/.up-fingerprint"
       echo "==> ansible-playbook -i inventories/local playbooks/local.yml  (state in $VAR_DIR)"
       cd "$ROOT"
+      mkdir -p "$VAR_DIR"
       LOCALENV_VAR_DIR="$VAR_DIR" ANSIBLE_PIPELINING=1 ANSIBLE_CONFIG="$ROOT/ansible.cfg" ANSIBLE_DISPLAY_SKIPPED_HOSTS=0 \
-        ANSIBLE_DISPLAY_OK_HOSTS="${ANSIBLE_DISPLAY_OK_HOSTS:-0}" \
-        "$BIN/ansible-playbook" -i inventories/local playbooks/local.yml "$@"
+        ANSIBLE_DISPLAY_OK_HOSTS="${ANSIBLE_DISPLAY_OK_HOSTS:-0}" ANSIBLE_NOCOLOR=1 \
+        "$BIN/ansible-playbook" -i inventories/local playbooks/local.yml "$@" 2>&1 | tee "$VAR_DIR/up.log" \
+        || { echo "make up stopped: $(grep -o '"msg": "[^"]*' "$VAR_DIR/up.log" | tail -1 | cut -d'"' -f4)"; \
+             echo "  (full output: $VAR_DIR/up.log)"; exit 1; }
       case " $* " in *" --check "*|*" -C "*) ;; *) echo "$want" > "$VAR_DIR/.up-fingerprint" ;; esac
     fi
     # shellcheck disable=SC1090
