@@ -126,3 +126,11 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
             last = exc
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def wait_instances_ready(env: LocalEnv, timeout: float = 60) -> None:
+    """Every service instance answers /ready itself (the gateway's /ready needs only one of them)."""
+    base = int(env.settings["localenv_service_base_port"])
+    for port in range(base, base + int(env.settings["localenv_service_instances"])):
+        wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200, timeout,
+                   f"the instance on port {port} to be ready")

@@ -3,11 +3,10 @@ itself: JSON errors, Retry-After when no replica can answer, Mozilla "intermedia
 import datetime
 
 import pytest
-import requests
 from cryptography import x509
 
 from harness.gateway import check_own_errors, check_upstream_error, mozilla_intermediate_issues
-from localenv_support import wait_until
+from localenv_support import wait_instances_ready, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -43,10 +42,7 @@ def test_every_replica_stopped_is_json_502_with_retry_after(localenv):
         assert r.json()["error"]["code"] == "upstream_unavailable" and r.headers["Retry-After"].isdigit()
     finally:
         localenv.supervisorctl("start", *programs)
-        base = localenv.settings["localenv_service_base_port"]
-        for port in (base, base + 1):
-            wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200, 60,
-                       f"the instance on port {port} to be ready again")
+        wait_instances_ready(localenv)
     # Back to normal through the gateway once nginx tries the replicas again.
     wait_until(lambda: localenv.session().post(f"{localenv.url}/api/v1/models/iris/predict", json=IRIS,
                                                timeout=10).status_code == 200, 30, "a prediction through the gateway")

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from harness.postgres import timescaledb_missing
-from localenv_support import ROOT, wait_until
+from localenv_support import ROOT, wait_instances_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -52,7 +52,8 @@ def test_backup_then_restore_gives_the_same_data(localenv):
         assert localenv.sql(CHECKSUM)[0] == before, "restored predictions differ from the backed-up ones"
     finally:
         localenv.supervisorctl("start", "service-1", "service-2")
-    wait_until(lambda: s.get(f"{localenv.url}/ready", timeout=5).status_code == 200, 60, "/ready after restore")
+    # Both instances, not just the gateway's /ready: the next tests expect every program listening.
+    wait_instances_ready(localenv)
 
 
 def test_testinfra_suite_passes_against_local(localenv):
