@@ -54,7 +54,9 @@ ca_args=()
 [[ -f "$HOST_CA" ]] && ca_args=(-v "$HOST_CA:/etc/ssl/host-ca-bundle.crt:ro" -e PIP_CERT=/etc/ssl/host-ca-bundle.crt)
 
 # Inside: exactly the README's steps, timed. Distribution services start between the two commands.
-docker run --name "$NAME" --label com.prediction.pristine-check=1 "${ca_args[@]}" \
+# SYS_PTRACE: root on a real machine reads every process's /proc/<pid>/fd (ss -p, used by the testinfra
+# suite, names the postgres-owned listener that way); Docker drops that capability by default.
+docker run --name "$NAME" --label com.prediction.pristine-check=1 --cap-add SYS_PTRACE "${ca_args[@]}" \
   -v "$work/repo.bundle:/tmp/repo.bundle:ro" "$IMAGE" bash -c '
 set -uo pipefail
 git -c advice.detachedHead=false clone -q /tmp/repo.bundle /root/prediction-platform && cd /root/prediction-platform || exit 1
