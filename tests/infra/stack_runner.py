@@ -15,7 +15,6 @@ the engine, secrets marked) and every stack export is written to <out.json>.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,8 @@ from pathlib import Path
 import pulumi
 import yaml
 from pulumi.runtime.mocks import MockMonitor
+
+import provider_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -72,32 +73,30 @@ def plain(value):
     return repr(value)
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def revealed(value):
+    """``plain(value)`` with the secret wrappers removed (what a provider reads)."""
+    if isinstance(value, dict):
+        if set(value) == {"__secret__"}:
+            return revealed(value["__secret__"])
+        return {k: revealed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [revealed(v) for v in value]
+    return value
 
 
 class Recorder(pulumi.runtime.Mocks):
-    """Records every resource and answers with its inputs plus plausible provider outputs."""
+    """Records every resource and answers with its inputs plus the outputs its provider would
+    return (provider_outputs.py: real passwords, keys and certificates)."""
 
     def __init__(self):
         self.resources: list[dict] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        inputs = plain(args.inputs)
+        extra = provider_outputs.outputs_for(args.typ, args.name, revealed(inputs))
         self.resources.append({"type": args.typ, "name": args.name, "custom": bool(args.custom),
-                               "inputs": plain(args.inputs)})
-        outputs = dict(args.inputs)
-        if args.typ == "docker:index/remoteImage:RemoteImage":
-            outputs["imageId"] = f"sha256:{_digest(args.inputs['name'])}"
-            outputs["repoDigest"] = f"{args.inputs['name']}@sha256:{_digest(args.inputs['name'])}"
-        elif args.typ == "docker:index/image:Image":
-            outputs["repoDigest"] = f"{args.inputs['imageName']}@sha256:{_digest(args.name)}"
-        elif args.typ == "random:index/randomPassword:RandomPassword":
-            outputs["result"] = f"generated-{args.name}"
-        elif args.typ == "tls:index/privateKey:PrivateKey":
-            outputs["privateKeyPem"] = f"-----BEGIN PRIVATE KEY-----\nmock-{args.name}\n-----END PRIVATE KEY-----\n"
-        elif args.typ == "tls:index/selfSignedCert:SelfSignedCert":
-            outputs["certPem"] = f"-----BEGIN CERTIFICATE-----\nmock-{args.name}\n-----END CERTIFICATE-----\n"
-        return f"{args.name}-id", outputs
+                               "inputs": inputs, "outputs": extra})
+        return f"{args.name}-id", {**args.inputs, **extra}
 
     def call(self, args: pulumi.runtime.MockCallArgs):
         return {}

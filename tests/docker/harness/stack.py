@@ -1,0 +1,163 @@
+"""One Pulumi stack on a Docker engine without the Pulumi CLI: run the real program over the real
+stack file under mocks, create what it registers (engine.py), wait until healthy, and write what
+operators and tests need to reach it (var/stack-<stack>.env, var/stack-<stack>.json).
+
+Users deploy with `pulumi up`; this path exists for the tests and for trying a stack on one machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT / "tests/infra"))
+
+from pulumi_graph import STACKS, Graph, ProgramFailed, run_stack  # noqa: E402
+
+from .engine import CONTAINER, Deployment, Engine, EngineError  # noqa: E402
+from .images import ImageError, Images  # noqa: E402
+
+VAR = ROOT / "var"
+HEALTHY_TIMEOUT = 180.0
+
+
+class StackError(Exception):
+    """One line: what stopped the stack and what to do."""
+
+
+@dataclass
+class RunningStack:
+    stack: str
+    prefix: str
+    graph: Graph
+    deployment: Deployment
+    env_file: Path
+    env: dict[str, str]
+    seconds_to_healthy: float
+
+    def container(self, logical: str) -> str:
+        """Docker name of the container the program calls ``logical`` (e.g. "gateway-container")."""
+        return self.deployment.containers[logical]
+
+    def host_port(self, logical: str, port: str) -> int:
+        return self.deployment.ports[(self.container(logical), port)][1]
+
+    def replicas(self) -> list[str]:
+        return [self.deployment.containers[r.name] for r in self.graph.replicas()]
+
+
+def engine_client() -> docker.DockerClient:
+    """A client for DOCKER_HOST (or the local socket) that answers, or StackError saying how to start one."""
+    where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+        return client
+    except Exception as exc:  # noqa: BLE001 — any failure to reach the engine reads the same to a user
+        raise StackError(f"no Docker engine answers at {where} ({type(exc).__name__}); start one "
+                         f"(as root: scripts/docker-engine.sh start) or set DOCKER_HOST") from None
+
+
+def program_graph(stack: str, prefix: str | None, workdir: Path) -> Graph:
+    if stack not in STACKS or not (ROOT / f"Pulumi.{stack}.yaml").is_file():
+        raise StackError(f"unknown stack {stack!r}: the stacks are {', '.join(STACKS)} (Pulumi.<stack>.yaml)")
+    overrides = {"config": {"namePrefix": prefix}} if prefix else None
+    try:
+        return run_stack(stack, workdir, overrides)
+    except ProgramFailed as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        reason = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "")
+        raise StackError(f"the Pulumi program rejects Pulumi.{stack}.yaml: {reason.strip()}") from None
+
+
+def state_path(stack: str, var_dir: Path = VAR) -> Path:
+    return var_dir / f"stack-{stack}.json"
+
+
+def up(stack: str, *, prefix: str | None = None, ports: str = "exact", var_dir: Path = VAR) -> RunningStack:
+    """Create ``stack`` (replacing an earlier run of it, volumes kept) and wait until it is healthy."""
+    client = engine_client()
+    if state_path(stack, var_dir).is_file():
+        down(stack, keep_volumes=True, var_dir=var_dir)
+    with tempfile.TemporaryDirectory(prefix=f"stack-{stack}-") as work:
+        graph = program_graph(stack, prefix, Path(work))
+    images = Images(client)
+    engine = Engine(client, images, ports=ports)
+    deployment = Deployment()
+    started = time.monotonic()
+    try:
+        engine.up(graph_resources(graph), deployment)
+        for logical in deployment.containers:
+            engine.wait_healthy(deployment.containers[logical], HEALTHY_TIMEOUT)
+    except (EngineError, ImageError, docker.errors.APIError) as exc:
+        engine.down(deployment, keep_volumes=False)
+        message = exc.explanation if isinstance(exc, docker.errors.APIError) else str(exc)
+        raise StackError(f"stack {stack} not started: {message}") from None
+    seconds = time.monotonic() - started
+    real_prefix = graph.exports["replica_names"]["value"][0].rsplit("-service-", 1)[0]
+    run = RunningStack(stack, real_prefix, graph, deployment, var_dir / f"stack-{stack}.env", {}, seconds)
+    run.env = write_state(run, var_dir)
+    return run
+
+
+def graph_resources(graph: Graph) -> list[dict]:
+    return [{"type": r.type, "name": r.name, "custom": r.custom, "inputs": r.inputs, "outputs": r.outputs}
+            for r in graph.resources]
+
+
+def down(stack: str, *, keep_volumes: bool = False, var_dir: Path = VAR) -> list[str]:
+    """Remove what ``up`` created for ``stack`` (volumes too unless ``keep_volumes``); returns names."""
+    path = state_path(stack, var_dir)
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    deployment = Deployment.from_json(data["deployment"])
+    client = engine_client()
+    Engine(client, Images(client)).down(deployment, keep_volumes=keep_volumes)
+    path.unlink()
+    (var_dir / f"stack-{stack}.env").unlink(missing_ok=True)
+    return list(deployment.containers.values()) + deployment.networks + ([] if keep_volumes else deployment.volumes)
+
+
+def write_state(run: RunningStack, var_dir: Path) -> dict[str, str]:
+    """var/stack-<stack>.json (for `down`) and var/stack-<stack>.env (for people, tests, playbooks)."""
+    var_dir.mkdir(parents=True, exist_ok=True)
+    secrets_dir = var_dir / f"stack-{run.stack}"
+    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    exports = {k: v["value"] for k, v in run.graph.exports.items()}
+    cert = next(r for r in run.graph.resources if r.type == "tls:index/selfSignedCert:SelfSignedCert")
+    ca = secrets_dir / "ca.pem"
+    ca.write_text(cert.outputs["certPem"])
+    https = run.host_port("gateway-container", "443/tcp")
+    env = {
+        "STACK": run.stack,
+        "STACK_PREFIX": run.prefix,
+        "GATEWAY_URL": f"https://localhost:{https}",
+        "GATEWAY_HTTP_URL": f"http://localhost:{run.host_port('gateway-container', '80/tcp')}",
+        # The name the stack serves (its certificate also names localhost, which GATEWAY_URL uses).
+        "GATEWAY_SERVER_NAME": urllib.parse.urlsplit(exports["url"]).hostname,
+        "CA_CERT": str(ca),
+        "PROMETHEUS_URL": f"http://127.0.0.1:{run.host_port('monitoring-prometheus', '9090/tcp')}",
+        "PREDICTION_API_KEY": exports["api_key"],
+        "PREDICTION_DB_PASSWORD": exports["db_password"],
+        "PREDICTION_REPLICAS": " ".join(run.replicas()),
+        "PREDICTION_DB_CONTAINER": run.container("database-container"),
+        "PREDICTION_REDIS_CONTAINER": run.container("cache-container"),
+    }
+    env_file = var_dir / f"stack-{run.stack}.env"
+    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"# Written by `make stack-up STACK={run.stack}`: `set -a; . {env_file}; set +a`\n")
+        f.writelines(f"{k}={v}\n" for k, v in env.items())
+    state = {"stack": run.stack, "prefix": run.prefix, "deployment": run.deployment.to_json()}
+    state_path(run.stack, var_dir).write_text(json.dumps(state, indent=1))
+    return env
