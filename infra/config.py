@@ -54,7 +54,7 @@ class DatabaseConfig:
     image: str = "timescale/timescaledb"
     user: str = "prediction_user"
     name: str = "prediction_db"
-    port: int = 5432
+    # No in-container port setting: PostgreSQL listens on the image's 5432; hostPort publishes it.
     hostPort: Optional[int] = None
     hostBindAddress: str = "127.0.0.1"
     memoryMb: Optional[int] = None

@@ -13,6 +13,7 @@ from network import Networks
 
 MIGRATIONS_DIR = REPO_ROOT / "service/migrations"
 INITDB_DIR = "/docker-entrypoint-initdb.d"
+POSTGRES_PORT = 5432  # the image's; other containers reach it on the data network, hosts via hostPort
 
 
 def migration_files(folder: Path = MIGRATIONS_DIR) -> list[Path]:
@@ -60,7 +61,7 @@ class Database(pulumi.ComponentResource):
 
         ports = []
         if db.hostPort is not None:
-            ports.append(docker.ContainerPortArgs(internal=db.port, external=db.hostPort, ip=db.hostBindAddress))
+            ports.append(docker.ContainerPortArgs(internal=POSTGRES_PORT, external=db.hostPort, ip=db.hostBindAddress))
 
         self.container = docker.Container(
             f"{name}-container",
@@ -81,7 +82,7 @@ class Database(pulumi.ComponentResource):
             # TCP, not the socket: during initdb the server listens on the socket only, so the
             # container turns healthy after the init scripts have run.
             healthcheck=docker.ContainerHealthcheckArgs(
-                tests=["CMD-SHELL", f"pg_isready -h 127.0.0.1 -p {db.port} -U {db.user} -d {db.name}"],
+                tests=["CMD-SHELL", f"pg_isready -h 127.0.0.1 -p {POSTGRES_PORT} -U {db.user} -d {db.name}"],
                 interval="5s", timeout="3s", retries=10, start_period="30s"),
             memory=db.memoryMb,
             restart="unless-stopped",
@@ -92,10 +93,10 @@ class Database(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
         self.container_name = self.container.name
-        self.port = db.port
+        self.port = POSTGRES_PORT
         self.user = db.user
         self.db_name = db.name
-        self.register_outputs({"container_name": self.container.name, "port": db.port,
+        self.register_outputs({"container_name": self.container.name, "port": POSTGRES_PORT,
                                "volume": volume.name, "password": self.password})
 
     def url(self) -> pulumi.Output[str]:

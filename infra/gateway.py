@@ -11,6 +11,8 @@ from network import Networks
 from service import PredictionService
 
 # Inside the container nginx always listens on the standard ports; the stack decides what the host publishes.
+# Docker's embedded DNS on user-defined networks: replicas are re-resolved through it (nginx >= 1.27.3).
+DOCKER_DNS = "127.0.0.11"
 HTTPS_PORT = 443
 HTTP_PORT = 80
 TLS_DIR = "/etc/nginx/tls"
@@ -32,6 +34,7 @@ def nginx_variables(cfg: PlatformConfig, upstream_servers: list[str]) -> dict:
         "nginx_ssl_certificate": f"{TLS_DIR}/server.crt",
         "nginx_ssl_certificate_key": f"{TLS_DIR}/server.key",
         "nginx_upstream_servers": upstream_servers,
+        "nginx_resolver": DOCKER_DNS,
         "nginx_upstream_keepalive": g.upstreamKeepalive,
         "nginx_next_upstream_tries": g.nextUpstreamTries,
         "nginx_client_max_body_size": g.clientMaxBodySize,

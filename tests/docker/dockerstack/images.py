@@ -113,11 +113,10 @@ class Images:
                              f"{repository}:{' / '.join(recipe.tags)} only; pin that tag in the stack file or "
                              f"docker pull {ref}")
         base = self.ensure_base()
-        context = self._context(recipe)
-        digest = hashlib.sha256(base.encode() + context).hexdigest()
+        digest = self._digest(recipe, base)
         if present is not None and present.labels.get(RECIPE) == digest:
             return present.id
-        return self._build(ref, {"BASE": BASE_TAG}, {LOCAL_BUILD: ref, RECIPE: digest}, context=context)
+        return self._build(ref, {"BASE": BASE_TAG}, {LOCAL_BUILD: ref, RECIPE: digest}, context=self._context(recipe))
 
     def ensure_base(self) -> str:
         script = IMAGES_DIR / "debian/build.sh"
@@ -131,6 +130,22 @@ class Images:
             log(f"built {BASE_TAG} in {time.monotonic() - started:.0f}s")
             base = self._get(BASE_TAG)
         return base.id
+
+    @staticmethod
+    def _digest(recipe: Recipe, base_id: str) -> str:
+        """What a build of ``recipe`` depends on: the base image, the recipe's files and the pinned
+        sha256 of its source archives (so checking needs no archive, only building does)."""
+        h = hashlib.sha256(base_id.encode())
+        folder = IMAGES_DIR / recipe.folder
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            h.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+        for name, rel in sorted(recipe.files.items()):
+            path = ROOT / rel
+            h.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"missing"))
+        lock = (ROOT / "scripts/sources.lock").read_text().splitlines()
+        for name in recipe.sources:
+            h.update("".join(line for line in lock if line.split(" ", 1)[0] == name).encode())
+        return h.hexdigest()
 
     def _context(self, recipe: Recipe) -> bytes:
         """The build context as an uncompressed tar: the recipe folder, source archives, files."""

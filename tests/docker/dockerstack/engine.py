@@ -46,6 +46,9 @@ CONTAINER_INPUTS = {"name", "hostname", "image", "command", "entrypoint", "envs"
                     "init", "readOnly", "tmpfs", "capabilities"}
 
 
+HEALTHY_TIMEOUT = 180.0  # seconds a container may take to turn healthy
+
+
 class EngineError(Exception):
     """The stack cannot be created as the program asks; the message names what and why."""
 
@@ -60,6 +63,7 @@ class Deployment:
     # (container name, "443/tcp") -> (host ip, host port)
     ports: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)  # image reference -> image id
+    seconds_to_healthy: float = 0.0  # first container created -> every container healthy
 
     def to_json(self) -> dict:
         return {"networks": self.networks, "volumes": self.volumes, "containers": self.containers,
@@ -126,26 +130,51 @@ class Engine:
 
     # -- the whole stack ---------------------------------------------------------------------
     def up(self, resources: list[dict], deployment: Deployment) -> Deployment:
-        """Create ``resources`` in order, recording each in ``deployment`` as soon as it exists (so a
-        failure part-way can be torn down by the caller)."""
+        """Create ``resources``, recording each in ``deployment`` as soon as it exists (so a failure
+        part-way can be torn down by the caller). Images first (they depend on nothing), so that
+        ``deployment.seconds_to_healthy`` times the containers alone."""
         self._check_inputs(resources)
         for r in resources:
-            typ, inputs, outputs = r["type"], _reveal(r["inputs"]), r.get("outputs", {})
+            if r["type"] == REMOTE_IMAGE:
+                self._remote_image(_reveal(r["inputs"]), r["outputs"], deployment)
+            elif r["type"] == IMAGE:
+                self._image(_reveal(r["inputs"]), r["outputs"], deployment)
+        started = time.monotonic()
+        for r in resources:
+            typ, inputs = r["type"], _reveal(r["inputs"])
             if typ == NETWORK:
                 self._network(inputs, deployment)
             elif typ == VOLUME:
                 self._volume(inputs, deployment)
-            elif typ == REMOTE_IMAGE:
-                self._remote_image(inputs, outputs, deployment)
-            elif typ == IMAGE:
-                self._image(inputs, outputs, deployment)
             elif typ == CONTAINER:
                 self._container(r["name"], inputs, deployment)
-            elif typ in COMPUTED or not r["custom"]:
-                continue  # component resources and value generators create nothing on the engine
+            elif typ in (REMOTE_IMAGE, IMAGE) or typ in COMPUTED or not r["custom"]:
+                continue  # done above, or only computes values / groups children (components)
             else:
                 raise EngineError(f"resource {r['name']} of type {typ} is not translated by {__name__}")
+        for name in deployment.containers.values():
+            self.wait_healthy(name, HEALTHY_TIMEOUT)
+        deployment.seconds_to_healthy = time.monotonic() - started
         return deployment
+
+    def recreate(self, resources: list[dict], logical: str, deployment: Deployment, on_removed=None) -> str:
+        """Remove container ``logical`` and create it again from its recorded inputs (volumes kept),
+        as `pulumi up` does when a container is replaced (``on_removed()`` runs in between).
+        Returns its name."""
+        r = next(r for r in resources if r["type"] == CONTAINER and r["name"] == logical)
+        for image in resources:  # the images this run built, by the ids the program refers to them
+            ref = image["inputs"].get("name") or image["inputs"].get("imageName")
+            if image["type"] in (REMOTE_IMAGE, IMAGE) and ref in deployment.images:
+                for key in ("imageId", "repoDigest"):
+                    if key in image["outputs"]:
+                        self.by_output[image["outputs"][key]] = deployment.images[ref]
+        name = deployment.containers.pop(logical)
+        self.client.containers.get(name).remove(force=True)
+        if on_removed is not None:
+            on_removed()
+        self._container(logical, _reveal(r["inputs"]), deployment)
+        self.wait_healthy(name, HEALTHY_TIMEOUT)
+        return name
 
     def _check_inputs(self, resources: list[dict]) -> None:
         """Fail before creating anything when a container sets an input this harness ignores."""
@@ -154,7 +183,7 @@ class Engine:
                 unknown = sorted(set(r["inputs"]) - CONTAINER_INPUTS)
                 if unknown:
                     raise EngineError(f"container {r['name']} sets {', '.join(unknown)}, which "
-                                      f"tests/docker/harness/engine.py does not translate; add it there")
+                                      f"tests/docker/dockerstack/engine.py does not translate; add it there")
 
     def down(self, deployment: Deployment, keep_volumes: bool = False) -> None:
         for name in reversed(list(deployment.containers.values())):

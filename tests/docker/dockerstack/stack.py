@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +29,6 @@ from .engine import CONTAINER, Deployment, Engine, EngineError  # noqa: E402
 from .images import ImageError, Images  # noqa: E402
 
 VAR = ROOT / "var"
-HEALTHY_TIMEOUT = 180.0
 
 
 class StackError(Exception):
@@ -42,7 +43,6 @@ class RunningStack:
     deployment: Deployment
     env_file: Path
     env: dict[str, str]
-    seconds_to_healthy: float
 
     def container(self, logical: str) -> str:
         """Docker name of the container the program calls ``logical`` (e.g. "gateway-container")."""
@@ -53,6 +53,12 @@ class RunningStack:
 
     def replicas(self) -> list[str]:
         return [self.deployment.containers[r.name] for r in self.graph.replicas()]
+
+    def recreate(self, logical: str, on_removed=None) -> str:
+        """Replace one container as `pulumi up` would (same inputs, new container, volumes kept)."""
+        client = engine_client()
+        return Engine(client, Images(client)).recreate(graph_resources(self.graph), logical, self.deployment,
+                                                       on_removed)
 
 
 def engine_client() -> docker.DockerClient:
@@ -93,20 +99,47 @@ def up(stack: str, *, prefix: str | None = None, ports: str = "exact", var_dir: 
     images = Images(client)
     engine = Engine(client, images, ports=ports)
     deployment = Deployment()
-    started = time.monotonic()
     try:
         engine.up(graph_resources(graph), deployment)
-        for logical in deployment.containers:
-            engine.wait_healthy(deployment.containers[logical], HEALTHY_TIMEOUT)
     except (EngineError, ImageError, docker.errors.APIError) as exc:
         engine.down(deployment, keep_volumes=False)
         message = exc.explanation if isinstance(exc, docker.errors.APIError) else str(exc)
         raise StackError(f"stack {stack} not started: {message}") from None
-    seconds = time.monotonic() - started
+    try:
+        publish_models(stack, deployment, client)
+    except StackError:
+        engine.down(deployment, keep_volumes=False)
+        raise
     real_prefix = graph.exports["replica_names"]["value"][0].rsplit("-service-", 1)[0]
-    run = RunningStack(stack, real_prefix, graph, deployment, var_dir / f"stack-{stack}.env", {}, seconds)
+    run = RunningStack(stack, real_prefix, graph, deployment, var_dir / f"stack-{stack}.env", {})
     run.env = write_state(run, var_dir)
     return run
+
+
+def publish_models(stack: str, deployment: Deployment, client: docker.DockerClient) -> None:
+    """Staging and prod mount an empty models volume: publish `make model`'s models into it with the
+    ops playbook operators use (playbooks/models.yml), which rolls the replicas one by one."""
+    replicas = [name for logical, name in deployment.containers.items() if logical.startswith("service-")]
+    mounts = client.containers.get(replicas[0]).attrs["Mounts"] if replicas else []
+    if not any(m["Type"] == "volume" and m["Name"].endswith("-models") for m in mounts):
+        return
+    prefix = replicas[0].rsplit("-service-", 1)[0]
+    proc = playbook(stack, "models.yml", "-e", f"models_src={ROOT / 'service/models'}", prefix=prefix)
+    if proc.returncode != 0:
+        failed = [line for line in proc.stdout.splitlines() if "FAILED" in line or '"msg"' in line]
+        raise StackError(f"publishing models into stack {stack} failed: {(failed or [proc.stdout[-500:]])[-1].strip()}")
+
+
+def playbook(stack: str, name: str, *args: str, prefix: str, env: dict | None = None,
+             timeout: float = 900) -> subprocess.CompletedProcess:
+    """ansible-playbook -i inventories/<stack> playbooks/<name> for the stack whose containers are
+    named <prefix>-*, as an operator runs it (the venv's Ansible, the repository's ansible.cfg)."""
+    bin_dir = Path(sys.executable).parent
+    full_env = {**os.environ, "STACK_PREFIX": prefix, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+                "ANSIBLE_NOCOLOR": "1", **(env or {})}
+    return subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(ROOT / "inventories" / stack),
+                           str(ROOT / "playbooks" / name), *args],
+                          capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=timeout)
 
 
 def graph_resources(graph: Graph) -> list[dict]:
@@ -157,7 +190,7 @@ def write_state(run: RunningStack, var_dir: Path) -> dict[str, str]:
     fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(f"# Written by `make stack-up STACK={run.stack}`: `set -a; . {env_file}; set +a`\n")
-        f.writelines(f"{k}={v}\n" for k, v in env.items())
+        f.writelines(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
     state = {"stack": run.stack, "prefix": run.prefix, "deployment": run.deployment.to_json()}
     state_path(run.stack, var_dir).write_text(json.dumps(state, indent=1))
     return env

@@ -1,9 +1,9 @@
 """`make stack-up|stack-down|stack-status STACK=<dev|staging|prod>`:
 
-    python -m harness up <stack>      build what is missing, start the stack, wait until healthy,
+    python -m dockerstack up <stack>      build what is missing, start the stack, wait until healthy,
                                       write var/stack-<stack>.env
-    python -m harness down <stack>    remove it (volumes too unless KEEP_VOLUMES=1)
-    python -m harness status <stack>  each container with its state and health
+    python -m dockerstack down <stack>    remove it (volumes too unless KEEP_VOLUMES=1)
+    python -m dockerstack status <stack>  each container with its state and health
 
 STACK_PORTS=free publishes every host port on a free 127.0.0.1 port instead of the stack file's.
 Errors are one line naming the cause and the fix; a failed `up` leaves nothing behind.
@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     try:
         if verb == "up":
             run = up(stack, ports=os.environ.get("STACK_PORTS", "exact"))
-            print(f"stack {stack} healthy in {run.seconds_to_healthy:.0f}s ({len(run.deployment.containers)} containers)")
+            print(f"stack {stack} healthy in {run.deployment.seconds_to_healthy:.0f}s ({len(run.deployment.containers)} containers)")
             for (container, port), (ip, host_port) in sorted(run.deployment.ports.items()):
                 print(f"  {container:<36} {port:<9} -> {ip}:{host_port}")
             for logical, why in run.deployment.skipped.items():

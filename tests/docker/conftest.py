@@ -1,0 +1,74 @@
+"""The Docker suite: each Pulumi stack the tests need, created from the real stack file on a real
+Docker engine (tests/docker/dockerstack), under a unique name prefix and on free loopback ports so it
+never meets a developer's own `make stack-up`. Stacks are started once per session and removed at
+the end, also when a test fails.
+
+Without an engine the suite is skipped with one line; under CI (CI=true) it fails instead: CI makes
+sure an engine runs (.ci/run, scripts/docker-engine.sh).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from docker_support import StackClient  # noqa: E402
+from dockerstack import stack as harness  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    try:
+        return harness.engine_client()
+    except harness.StackError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Docker suite is mandatory under CI: {exc}")
+        pytest.skip(f"Docker suite skipped: {exc}")
+
+
+@pytest.fixture(scope="session")
+def stacks(docker_engine):
+    """``stacks("prod")`` -> a running prod stack (StackClient), started on first use."""
+    run_id = secrets.token_hex(2)
+    var_dir = Path(tempfile.mkdtemp(prefix="docker-stacks-"))
+    running: dict[str, StackClient] = {}
+
+    def get(stack: str) -> StackClient:
+        if stack not in running:
+            try:
+                run = harness.up(stack, prefix=f"t{run_id}-{stack}", ports="free", var_dir=var_dir)
+            except harness.StackError as exc:
+                pytest.fail(str(exc))
+            print(f"\n[docker] stack {stack} ({run.prefix}-*) healthy in {run.deployment.seconds_to_healthy:.0f}s; "
+                  f"ports: {', '.join(f'{c}:{p}->{hp}' for (c, p), (_, hp) in sorted(run.deployment.ports.items()))}")
+            running[stack] = StackClient(run)
+        return running[stack]
+
+    yield get
+    for stack in running:
+        harness.down(stack, var_dir=var_dir)
+    shutil.rmtree(var_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dev(stacks) -> StackClient:
+    return stacks("dev")
+
+
+@pytest.fixture(scope="session")
+def prod(stacks) -> StackClient:
+    return stacks("prod")

@@ -1,0 +1,140 @@
+"""A running stack as the Docker tests use it: HTTPS through its gateway, SQL and redis-cli inside its
+containers, PromQL on its Prometheus, and a steady stream of predictions for the failure drills.
+
+Not in conftest.py so test modules import it by a unique name (several conftest.py files exist).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import docker
+import pytest
+import requests
+
+from dockerstack.stack import RunningStack, engine_client, playbook
+
+IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+    """Poll ``predicate()`` until truthy; fail naming ``what`` (and the last value) on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 — reported below if it never succeeds
+            last = exc
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Load:
+    """Predictions sent by a few threads until stopped; every result kept (status or exception)."""
+    client: "StackClient"
+    workers: int = 4
+    results: list = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list = field(default_factory=list)
+
+    def __enter__(self) -> "Load":
+        for w in range(self.workers):
+            t = threading.Thread(target=self._run, args=(w,), daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _run(self, worker: int):
+        session = self.client.session()
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            # Mostly distinct instances, so most requests are cache misses that reach the model and log a row.
+            body = {**IRIS, "sepal_length": round(4.0 + (worker * 100_003 + i) % 4000 / 1000, 3)}
+            try:
+                r = session.post(f"{self.client.url}/api/v1/models/iris/predict", json=body, timeout=15)
+                self.results.append(r.status_code)
+            except Exception as exc:  # noqa: BLE001 — a transport error is a failed request too
+                self.results.append(repr(exc))
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    @property
+    def ok(self) -> int:
+        return sum(1 for r in self.results if r == 200)
+
+    @property
+    def failed(self) -> list:
+        return [r for r in self.results if r != 200]
+
+    def wait_for(self, n: int, timeout: float = 30):
+        start = len(self.results)
+        wait_until(lambda: len(self.results) >= start + n, timeout, f"{n} more requests through the gateway")
+
+
+class StackClient:
+    def __init__(self, run: RunningStack):
+        self.run = run
+        self.env = run.env
+        self.url = run.env["GATEWAY_URL"]
+        self.cacert = run.env["CA_CERT"]
+        self.api_key = run.env["PREDICTION_API_KEY"]
+        self.docker: docker.DockerClient = engine_client()
+
+    @property
+    def stack(self) -> str:
+        return self.run.stack
+
+    @property
+    def prefix(self) -> str:
+        return self.run.prefix
+
+    def session(self, api_key: bool = True) -> requests.Session:
+        s = requests.Session()
+        s.trust_env = False  # the stack's own CA, straight to loopback
+        s.verify = self.cacert
+        if api_key:
+            s.headers["X-API-Key"] = self.api_key
+        return s
+
+    def predict(self, body: dict | None = None, **kwargs) -> requests.Response:
+        return self.session().post(f"{self.url}/api/v1/models/iris/predict", json=body or IRIS, timeout=15, **kwargs)
+
+    def container(self, logical: str):
+        return self.docker.containers.get(self.run.container(logical))
+
+    def exec(self, logical: str, *argv: str, user: str | None = None) -> str:
+        result = self.container(logical).exec_run(list(argv), user=user or "")
+        assert result.exit_code == 0, f"{argv} in {logical} exited {result.exit_code}: {result.output.decode()}"
+        return result.output.decode()
+
+    def sql(self, query: str) -> list[list[str]]:
+        """Rows of ``query`` run with psql inside the database container (its local socket)."""
+        out = self.exec("database-container", "psql", "-XAtq", "-F", "\t", "-v", "ON_ERROR_STOP=1",
+                        "-U", "prediction_user", "-d", "prediction_db", "-c", query, user="postgres")
+        return [line.split("\t") for line in out.splitlines() if line]
+
+    def scalar(self, query: str) -> str:
+        rows = self.sql(query)
+        assert len(rows) == 1 and len(rows[0]) == 1, f"{query!r} returned {rows}"
+        return rows[0][0]
+
+    def promql(self, expr: str) -> list:
+        r = requests.get(f"{self.env['PROMETHEUS_URL']}/api/v1/query", params={"query": expr}, timeout=10)
+        body = r.json()
+        assert r.status_code == 200 and body["status"] == "success", f"{expr!r}: {body}"
+        return body["data"]["result"]
+
+    def load(self, workers: int = 4) -> Load:
+        return Load(self, workers)
+
+    def playbook(self, name: str, *args: str, env: dict | None = None, timeout: float = 900):
+        return playbook(self.stack, name, *args, prefix=self.prefix, env=env, timeout=timeout)

@@ -1,0 +1,113 @@
+"""Failure drills on the prod stack, each under a steady stream of predictions through the gateway:
+what the user sees (failed requests) and what the platform keeps (rows, restarts) is printed and
+asserted. Order matters only for speed; each drill leaves the stack healthy."""
+import os
+import signal
+import time
+
+import pytest
+
+from docker_support import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(prod) -> int:
+    return int(prod.scalar("SELECT count(*) FROM predictions"))
+
+
+def _wait_rows(prod, expected: int, what: str) -> int:
+    return wait_until(lambda: (n := _rows(prod)) >= expected and n, 90, what)
+
+
+def test_killed_replica_loses_no_request_and_is_restarted(prod):
+    replica = prod.container("service-1")
+    restarts = replica.attrs["RestartCount"]
+    with prod.load() as load:
+        load.wait_for(50)
+        # A crash, as the kernel's OOM killer does it: SIGKILL to the replica's process from the host.
+        # (`docker kill` is a manual stop, which Docker's restart policy deliberately leaves stopped.)
+        os.kill(replica.attrs["State"]["Pid"], signal.SIGKILL)
+        load.wait_for(400, timeout=60)
+    print(f"\n[drill] SIGKILL of a replica under load: {len(load.results)} requests, {len(load.failed)} failed")
+    assert not load.failed, load.failed[:5]
+    wait_until(lambda: (replica.reload() or replica.attrs["RestartCount"] > restarts)
+               and replica.attrs["State"]["Health"]["Status"] == "healthy", 90,
+               "the restart policy to bring the killed replica back healthy")
+
+
+def test_replaced_replica_is_served_without_restarting_the_gateway(prod):
+    gateway = prod.container("gateway-container")
+    gateway_started = gateway.attrs["State"]["StartedAt"]
+    network = f"{prod.prefix}-app"
+    old = prod.container("service-1")
+    old_ip = old.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+    # Hold the old address while the replica is replaced, so it must come back elsewhere.
+    placeholder = prod.docker.containers.create("prediction-local/debian:bookworm", ["sleep", "600"],
+                                                name=f"{prod.prefix}-ip-holder", network=network)
+    try:
+        prod.run.recreate("service-1", on_removed=placeholder.start)
+        new_ip = prod.container("service-1").attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+        others = [prod.container(f"service-{i}") for i in (2, 3)]
+        for c in others:
+            c.stop(timeout=45)
+        try:
+            # Only the replaced replica is left: every answer now comes from its new address.
+            ok = wait_until(lambda: prod.predict().status_code == 200, 30,
+                            "the gateway to reach the replaced replica at its new address")
+            with prod.load(workers=2) as load:
+                load.wait_for(100)
+        finally:
+            for c in others:
+                c.start()
+    finally:
+        placeholder.remove(force=True)
+    gateway.reload()
+    print(f"\n[drill] replica replaced {old_ip} -> {new_ip}; through the gateway alone on it: "
+          f"{len(load.results)} requests, {len(load.failed)} failed")
+    assert ok and new_ip != old_ip
+    assert not load.failed, load.failed[:5]
+    assert gateway.attrs["State"]["StartedAt"] == gateway_started, "nginx was restarted"
+    for i in (2, 3):
+        wait_until(lambda: prod.container(f"service-{i}").attrs["State"]["Health"]["Status"] == "healthy", 90,
+                   f"service-{i} healthy again")
+
+
+def test_database_restart_under_load_loses_no_request_and_no_row(prod):
+    before = _rows(prod)
+    db = prod.container("database-container")
+    with prod.load() as load:
+        load.wait_for(50)
+        db.restart(timeout=30)
+        load.wait_for(300, timeout=90)
+    ok = load.ok
+    print(f"\n[drill] database restart under load: {len(load.results)} requests, {len(load.failed)} failed")
+    assert not load.failed, load.failed[:5]
+    # Every answered prediction is one row (distinct instances, one each); the writers buffered
+    # them while the database was away.
+    after = _wait_rows(prod, before + ok, f"{ok} new rows after the database came back")
+    print(f"[drill] rows: {before} before, {after} after, {ok} predictions answered: {after - before - ok} lost")
+    assert after - before == ok
+
+
+def test_database_recreated_on_its_volume_keeps_every_row(prod):
+    prod.predict()
+    wait_until(lambda: int(prod.scalar("SELECT count(*) FROM predictions")) > 0, 30, "some rows")
+    time.sleep(1.5)  # let the writers flush what they hold
+    before = _rows(prod)
+    prod.run.recreate("database-container")
+    after = _rows(prod)
+    print(f"\n[drill] database container recreated on its volume: {before} rows before, {after} after")
+    assert after == before
+    assert prod.predict().status_code == 200
+
+
+def test_redis_restart_keeps_predictions_flowing(prod):
+    redis = prod.container("cache-container")
+    with prod.load() as load:
+        load.wait_for(50)
+        redis.restart(timeout=10)
+        load.wait_for(300, timeout=60)
+    print(f"\n[drill] Redis restart under load: {len(load.results)} requests, {len(load.failed)} failed")
+    assert not load.failed, load.failed[:5]
+    wait_until(lambda: prod.exec("cache-container", "redis-cli", "ping").strip() == "PONG", 30, "Redis back")

@@ -1,0 +1,83 @@
+"""Each stack as `pulumi up` runs it serves predictions over HTTPS through its gateway, keeps the
+data layer and metrics behind it, logs every prediction into TimescaleDB hypertables, and is
+scraped by its own Prometheus."""
+import pytest
+import requests
+
+from docker_support import IRIS, wait_until
+
+STACKS = ["dev", "prod"]
+# Stated bound: first container created -> every container healthy (measured ~40-70 s here).
+HEALTHY_BOUND_SECONDS = 120
+
+
+@pytest.fixture(params=STACKS)
+def stack(request, stacks):
+    return stacks(request.param)
+
+
+def test_every_container_is_healthy_within_the_bound(stack):
+    took = stack.run.deployment.seconds_to_healthy
+    print(f"{stack.stack}: {len(stack.run.deployment.containers)} containers healthy in {took:.0f}s")
+    assert took <= HEALTHY_BOUND_SECONDS
+    for logical, name in stack.run.deployment.containers.items():
+        c = stack.docker.containers.get(name)
+        assert (c.status, c.attrs["State"]["Health"]["Status"]) == ("running", "healthy"), logical
+    # Grafana is the one container that is not run on this engine (no image can be built here).
+    assert set(stack.run.deployment.skipped) == {"monitoring-grafana"}
+
+
+def test_prediction_over_https_with_the_stacks_key_and_certificate(stack):
+    r = stack.predict()
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "iris" and body["predictions"] == ["setosa"]
+    assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+    again = stack.predict()
+    assert again.json()["cached"] is True  # the second identical request is a cache hit
+
+
+def test_no_api_key_is_401_and_metrics_are_not_served_by_the_gateway(stack):
+    anonymous = stack.session(api_key=False)
+    r = anonymous.post(f"{stack.url}/api/v1/models/iris/predict", json=IRIS, timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["code"]
+    metrics = anonymous.get(f"{stack.url}/metrics", timeout=10)
+    assert metrics.status_code == 404
+    assert "prediction_service_requests_total" not in metrics.text
+
+
+def test_plain_http_redirects_to_https(stack):
+    r = requests.get(f"{stack.env['GATEWAY_HTTP_URL']}/ready", allow_redirects=False, timeout=10)
+    assert r.status_code == 301 and r.headers["Location"].startswith("https://")
+
+
+def test_data_layer_is_not_published_in_prod(prod):
+    published = {name for (name, _port) in prod.run.deployment.ports}
+    assert published == {prod.run.container("gateway-container"), prod.run.container("monitoring-prometheus")}
+    network = prod.docker.networks.get(f"{prod.prefix}-data")
+    assert network.attrs["Internal"] is True
+
+
+def test_prometheus_scrapes_every_replica_and_counts_requests(stack):
+    replicas = set(stack.run.replicas())
+    wait_until(lambda: {r["metric"]["instance"] for r in stack.promql('up{job="prediction_service"} == 1')}
+               == replicas, 60, f"every replica of {stack.stack} up in Prometheus")
+    for _ in range(5):
+        assert stack.predict().status_code == 200
+    wait_until(lambda: sum(float(r["value"][1]) for r in stack.promql(
+        'prediction_service_requests_total{endpoint=~".*predict.*"}')) >= 5, 60,
+        "Prometheus to count the predictions")
+
+
+def test_predictions_land_in_hypertables_with_the_retention_job(stack):
+    before = int(stack.scalar("SELECT count(*) FROM predictions"))
+    body = {**IRIS, "petal_width": 0.25 + (before % 1000) / 10000}  # a new instance: a row is logged
+    assert stack.predict(body).status_code == 200
+    wait_until(lambda: int(stack.scalar("SELECT count(*) FROM predictions")) > before, 30,
+               "the prediction row in TimescaleDB")
+    hypertables = {row[0] for row in stack.sql("SELECT hypertable_name FROM timescaledb_information.hypertables")}
+    assert {"predictions", "prediction_metrics"} <= hypertables
+    jobs = {tuple(row) for row in stack.sql(
+        "SELECT hypertable_name, config->>'drop_after' FROM timescaledb_information.jobs "
+        "WHERE proc_name = 'policy_retention'")}
+    assert ("prediction_metrics", "30 days") in jobs and ("predictions", "30 days") in jobs
