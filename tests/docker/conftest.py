@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from docker_support import StackClient  # noqa: E402
 from dockerstack import stack as harness  # noqa: E402
+from dockerstack.images import Images  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):
@@ -32,12 +33,17 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def docker_engine():
+    """The engine, with everything the stacks' images need; else one skip line (a failure under CI)."""
     try:
-        return harness.engine_client()
+        client = harness.engine_client()
+        missing = Images(client).unbuildable()
+        if missing:
+            raise harness.StackError("; ".join(missing))
+        return client
     except harness.StackError as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"Docker suite is mandatory under CI: {exc}")
-        pytest.skip(f"Docker suite skipped: {exc}")
+        pytest.skip(f"Docker suite skipped: {exc} (make test-docker runs only this suite)")
 
 
 @pytest.fixture(scope="session")

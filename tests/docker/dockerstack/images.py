@@ -118,6 +118,24 @@ class Images:
             return present.id
         return self._build(ref, {"BASE": BASE_TAG}, {LOCAL_BUILD: ref, RECIPE: digest}, context=self._context(recipe))
 
+    def unbuildable(self) -> list[str]:
+        """Why some stand-in that needs building cannot be built here (a source archive that cannot be
+        had); empty when every local recipe is built and current or can be built."""
+        problems = []
+        base = self._get(BASE_TAG)
+        for repository, recipe in sorted(RECIPES.items()):
+            for tag in recipe.tags:
+                present = self._get(f"{repository}:{tag}")
+                if present is not None and (LOCAL_BUILD not in (present.labels or {}) or (
+                        base is not None and present.labels.get(RECIPE) == self._digest(recipe, base.id))):
+                    continue
+                for name in recipe.sources:
+                    try:
+                        source_archive(name)
+                    except ImageError as exc:
+                        problems.append(str(exc))
+        return sorted(set(problems))
+
     def ensure_base(self) -> str:
         script = IMAGES_DIR / "debian/build.sh"
         base = self._get(BASE_TAG)
