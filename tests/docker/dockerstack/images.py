@@ -101,7 +101,7 @@ class Images:
         repository, tag = split_ref(ref)
         recipe = RECIPES.get(repository)
         present = self._get(ref)
-        if present is not None and LOCAL_BUILD not in (present.labels or {}):
+        if present is not None and not (present.labels or {}).get(LOCAL_BUILD):
             return present.id  # the real upstream image
         if recipe is None:
             if present is not None:
@@ -126,7 +126,7 @@ class Images:
         for repository, recipe in sorted(RECIPES.items()):
             for tag in recipe.tags:
                 present = self._get(f"{repository}:{tag}")
-                if present is not None and (LOCAL_BUILD not in (present.labels or {}) or (
+                if present is not None and (not (present.labels or {}).get(LOCAL_BUILD) or (
                         base is not None and present.labels.get(RECIPE) == self._digest(recipe, base.id))):
                     continue
                 for name in recipe.sources:
@@ -216,7 +216,8 @@ class Images:
         chosen by the Dockerfile's build arguments."""
         self.ensure(_from_image(dockerfile))
         wheelhouse(context_dir / "requirements.txt")
-        return self._build(tag, {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheelhouse"}, {},
+        # Labels are inherited: the stand-in base's local-build mark must not describe this image.
+        return self._build(tag, {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheelhouse"}, {LOCAL_BUILD: "", RECIPE: ""},
                            path=context_dir, dockerfile=os.path.relpath(dockerfile, context_dir), platform=platform)
 
 

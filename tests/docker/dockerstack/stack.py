@@ -73,10 +73,11 @@ def engine_client() -> docker.DockerClient:
                          f"(as root: scripts/docker-engine.sh start) or set DOCKER_HOST") from None
 
 
-def program_graph(stack: str, prefix: str | None, workdir: Path) -> Graph:
+def program_graph(stack: str, prefix: str | None, workdir: Path, config: dict | None = None) -> Graph:
+    """The resources the program registers for ``stack`` (``config`` overrides stack-file keys)."""
     if stack not in STACKS or not (ROOT / f"Pulumi.{stack}.yaml").is_file():
         raise StackError(f"unknown stack {stack!r}: the stacks are {', '.join(STACKS)} (Pulumi.<stack>.yaml)")
-    overrides = {"config": {"namePrefix": prefix}} if prefix else None
+    overrides = {"config": {**({"namePrefix": prefix} if prefix else {}), **(config or {})}}
     try:
         return run_stack(stack, workdir, overrides)
     except ProgramFailed as exc:
@@ -89,13 +90,15 @@ def state_path(stack: str, var_dir: Path = VAR) -> Path:
     return var_dir / f"stack-{stack}.json"
 
 
-def up(stack: str, *, prefix: str | None = None, ports: str = "exact", var_dir: Path = VAR) -> RunningStack:
-    """Create ``stack`` (replacing an earlier run of it, volumes kept) and wait until it is healthy."""
+def up(stack: str, *, prefix: str | None = None, ports: str = "exact", var_dir: Path = VAR,
+       config: dict | None = None) -> RunningStack:
+    """Create ``stack`` (replacing an earlier run of it, volumes kept) and wait until it is healthy.
+    ``config`` overrides stack-file keys as `pulumi config set` would (the tests use it)."""
     client = engine_client()
     if state_path(stack, var_dir).is_file():
         down(stack, keep_volumes=True, var_dir=var_dir)
     with tempfile.TemporaryDirectory(prefix=f"stack-{stack}-") as work:
-        graph = program_graph(stack, prefix, Path(work))
+        graph = program_graph(stack, prefix, Path(work), config)
     images = Images(client)
     engine = Engine(client, images, ports=ports)
     deployment = Deployment()
