@@ -26,7 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # config key -> human description; all optional, all must be stored encrypted.
 SECRET_KEYS = {
-    "dbPassword": "password of the prediction_user database role",
+    "dbPassword": "password of prediction_user, the database's owner (superuser of the container; ops playbooks)",
+    "appDbPassword": "password of prediction_app, the least-privilege role the service logs in as",
     "apiKey": "PREDICTION_API_KEY clients send as X-API-Key",
     "jwtSecret": "PREDICTION_JWT_SECRET (HS256)",
     "grafanaAdminPassword": "Grafana admin password",
@@ -132,6 +133,7 @@ class Secrets:
     """Secret config values as secret Outputs, or None when the stack should generate them."""
 
     dbPassword: Optional[pulumi.Output[str]] = None
+    appDbPassword: Optional[pulumi.Output[str]] = None
     apiKey: Optional[pulumi.Output[str]] = None
     jwtSecret: Optional[pulumi.Output[str]] = None
     grafanaAdminPassword: Optional[pulumi.Output[str]] = None

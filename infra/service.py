@@ -9,7 +9,7 @@ import pulumi_random as random
 
 from cache import Cache
 from config import REPO_ROOT, PlatformConfig
-from database import Database
+from database import APP_ROLE, Database
 from network import Networks
 
 SERVICE_DIR = REPO_ROOT / "service"
@@ -61,8 +61,33 @@ class PredictionService(pulumi.ComponentResource):
             models_mount = docker.ContainerVolumeArgs(volume_name=models_volume.name, container_path=s.modelPath,
                                                       read_only=True)
 
+        # The schema before any replica: the image's migrations, applied as the owner, then
+        # prediction_app given LOGIN and its password (a rotated appDbPassword takes effect on the
+        # next `pulumi up`). One-shot: attach waits for the exit; the replicas' database URL exists
+        # only once the exit code is 0, so a failed migration fails the deployment before them.
+        self.migrate = docker.Container(
+            f"{name}-migrate",
+            name=cfg.physical("migrate"),
+            image=self.image.repo_digest,
+            command=["python", "-m", "prediction_service", "migrate", "--app-role", APP_ROLE],
+            envs=[
+                pulumi.Output.secret(pulumi.Output.format("PREDICTION_TIMESCALE_URL={0}", database.url())),
+                pulumi.Output.format("PREDICTION_APP_DB_PASSWORD={0}", database.app_password),
+            ],
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.data.name)],
+            must_run=False,
+            attach=True,
+            logs=True,
+            restart="no",
+            labels=[docker.ContainerLabelArgs(label="com.prediction.stack", value=cfg.stack),
+                    docker.ContainerLabelArgs(label="com.prediction.component", value="migrate")],
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )
+        app_db_url = pulumi.Output.all(database.url(app=True), self.migrate.exit_code, self.migrate.name).apply(
+            lambda args: _after_migration(*args))
+
         common_env = [
-            pulumi.Output.secret(pulumi.Output.format("PREDICTION_TIMESCALE_URL={0}", database.url())),
+            pulumi.Output.secret(pulumi.Output.format("PREDICTION_TIMESCALE_URL={0}", app_db_url)),
             pulumi.Output.format("PREDICTION_REDIS_URL={0}", cache.url()),
             f"PREDICTION_MODEL_PATH={s.modelPath}",
             pulumi.Output.format("PREDICTION_API_KEY={0}", self.api_key),
@@ -117,3 +142,12 @@ class PredictionService(pulumi.ComponentResource):
         if value is not None:
             return pulumi.Output.secret(value)
         return pulumi.Output.secret(random.RandomPassword(resource_name, length=48, special=False, opts=opts).result)
+
+
+def _after_migration(app_url: str, exit_code: int | None, container: str) -> str:
+    """The service's database URL, once the migrate job has exited 0 (None: not known yet, as in a
+    preview)."""
+    if exit_code not in (None, 0):
+        raise RuntimeError(f"the migrate job {container} exited {exit_code}: read `docker logs {container}`, "
+                           f"fix the database or the migration, then run pulumi up again")
+    return app_url

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import sys
 import time
 
@@ -77,29 +78,51 @@ def app_has_models(app) -> bool:
     return app[STATE].registry.count > 0
 
 
-def migrate() -> int:
+APP_PASSWORD_ENV = "PREDICTION_APP_DB_PASSWORD"
+
+
+def migrate(argv: list[str]) -> int:
+    """Apply pending migrations; with ``--app-role NAME`` also give that role LOGIN and the password
+    in $PREDICTION_APP_DB_PASSWORD (the service's least-privilege login; migration 0005)."""
+    import argparse
+
     from .config import ConfigError, load_database_url, redact_url
 
+    parser = argparse.ArgumentParser(prog="python -m prediction_service migrate")
+    parser.add_argument("--app-role", help=f"role to enable for the service, password from ${APP_PASSWORD_ENV}")
+    args = parser.parse_args(argv)
     try:
         dsn = load_database_url()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    from .storage import apply_migrations
+    password = os.environ.get(APP_PASSWORD_ENV, "")
+    if args.app_role and not password:
+        print(f"configuration error: --app-role {args.app_role} needs its password in {APP_PASSWORD_ENV}",
+              file=sys.stderr)
+        return 2
+    from .storage import MigrationError, apply_migrations, enable_login
 
-    applied = apply_migrations(dsn)
     target = redact_url(dsn)
-    print(f"applied migrations {', '.join(map(str, applied))} to {target}" if applied
-          else f"database {target} is up to date")
+    try:
+        applied = apply_migrations(dsn)
+        print(f"applied migrations {', '.join(map(str, applied))} to {target}" if applied
+              else f"database {target} is up to date")
+        if args.app_role:
+            enable_login(dsn, args.app_role, password)
+            print(f"role {args.app_role} may log in")
+    except MigrationError as exc:
+        print(f"migration error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def main(argv: list[str]) -> int:
     if not argv:
         return serve()
-    if argv == ["migrate"]:
-        return migrate()
-    print("usage: python -m prediction_service [migrate]", file=sys.stderr)
+    if argv[0] == "migrate":
+        return migrate(argv[1:])
+    print("usage: python -m prediction_service [migrate [--app-role NAME]]", file=sys.stderr)
     return 2
 
 

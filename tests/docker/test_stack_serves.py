@@ -35,8 +35,11 @@ def test_prediction_over_https_with_the_stacks_key_and_certificate(stack):
     body = r.json()
     assert body["model"] == "iris" and body["predictions"] == ["setosa"]
     assert r.headers["Strict-Transport-Security"].startswith("max-age=")
-    again = stack.predict()
-    assert again.json()["cached"] is True  # the second identical request is a cache hit
+    # iris v2 caches in Redis, shared by the replicas: a repeat is a hit whichever replica answers.
+    url = f"{stack.url}/api/v1/models/iris/predict?version=2"
+    session = stack.session()
+    assert session.post(url, json=IRIS, timeout=10).status_code == 200
+    wait_until(lambda: session.post(url, json=IRIS, timeout=10).json()["cached"], 10, "a shared-cache hit")
 
 
 def test_no_api_key_is_401_and_metrics_are_not_served_by_the_gateway(stack):
@@ -83,3 +86,15 @@ def test_predictions_land_in_hypertables_with_the_retention_job(stack):
         "SELECT hypertable_name, config->>'drop_after' FROM timescaledb_information.jobs "
         "WHERE proc_name = 'policy_retention'")}
     assert ("prediction_metrics", "30 days") in jobs and ("predictions", "30 days") in jobs
+
+
+def test_replicas_log_in_as_the_least_privilege_role(stack):
+    assert stack.predict({**IRIS, "sepal_width": 3.21}).status_code == 200
+    users = wait_until(lambda: {row[0] for row in stack.sql(
+        "SELECT DISTINCT usename FROM pg_stat_activity WHERE backend_type = 'client backend' "
+        "AND application_name <> 'psql' "
+        "AND datname = current_database() AND pid <> pg_backend_pid()")}, 30, "the replicas' connections")
+    assert users == {"prediction_app"}
+    assert stack.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'prediction_app'") == [["f"]]
+    job = stack.docker.containers.get(stack.run.deployment.jobs["service-migrate"])
+    assert job.attrs["State"]["ExitCode"] == 0 and "role prediction_app may log in" in job.logs().decode()

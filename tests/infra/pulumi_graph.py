@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -123,7 +124,7 @@ class Graph:
         return self.one(CONTAINER, name)
 
     def replicas(self) -> list[Resource]:
-        return sorted((r for r in self.of_type(CONTAINER) if r.name.startswith("service-")),
+        return sorted((r for r in self.of_type(CONTAINER) if re.fullmatch(r"service-\d+", r.name)),
                       key=lambda r: int(r.name.rsplit("-", 1)[1]))
 
     def remote_image_id(self, image_ref: str) -> str:

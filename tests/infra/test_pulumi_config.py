@@ -13,6 +13,7 @@ from pulumi_graph import ProgramFailed, is_secret, plain_strings, run_stack, sta
 
 GIVEN = {
     "dbPassword": "p@ss/word:with%special&chars-0123456789",
+    "appDbPassword": "app:p@ss/word with%special-0123456789",
     "apiKey": "given-api-key-0123456789abcdef",
     "jwtSecret": "given-jwt-secret-0123456789abcdef",
     "grafanaAdminPassword": "given-grafana-admin-0123456789",
@@ -41,8 +42,11 @@ def test_configured_secrets_are_used_not_generated(prod_with_secrets):
         assert env["PREDICTION_JWT_SECRET"] == GIVEN["jwtSecret"]
         # The password is URL-encoded inside the DSN, so special characters survive.
         url = urllib.parse.urlsplit(env["PREDICTION_TIMESCALE_URL"])
-        assert urllib.parse.unquote(url.password) == GIVEN["dbPassword"]
+        assert (url.username, urllib.parse.unquote(url.password)) == ("prediction_app", GIVEN["appDbPassword"])
         assert url.hostname == graph.container("database-container").get("name")
+    migrate = graph.container("service-migrate").env()
+    assert urllib.parse.unquote(urllib.parse.urlsplit(migrate["PREDICTION_TIMESCALE_URL"]).password) == GIVEN["dbPassword"]
+    assert migrate["PREDICTION_APP_DB_PASSWORD"] == GIVEN["appDbPassword"]
 
 
 def test_configured_secrets_stay_secret_everywhere(prod_with_secrets):
@@ -51,7 +55,7 @@ def test_configured_secrets_stay_secret_everywhere(prod_with_secrets):
         for text in plain_strings(r.inputs):
             leaked = [k for k, v in GIVEN.items() if v in text or urllib.parse.quote(v, safe="") in text]
             assert not leaked, f"{r.type} {r.name} carries {leaked} in plain text"
-    for name in ("database-container", "monitoring-grafana", "gateway-container"):
+    for name in ("database-container", "monitoring-grafana", "gateway-container", "service-migrate"):
         assert any(is_secret(v) for v in graph.container(name).inputs.values()), name
     assert graph.exports["api_key"] == {"value": GIVEN["apiKey"], "secret": True}
 

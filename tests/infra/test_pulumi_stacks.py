@@ -75,8 +75,8 @@ def test_resource_counts_follow_replicas(stack):
     replicas = cfg["service"]["replicas"]
     assert replicas == EXPECTED_REPLICAS[name], f"Pulumi.{name}.yaml should run {EXPECTED_REPLICAS[name]} replicas"
     assert len(graph.replicas()) == replicas
-    # database, cache, gateway, prometheus, grafana + the replicas
-    assert len(graph.of_type(CONTAINER)) == 5 + replicas
+    # database, cache, gateway, prometheus, grafana, the migrate job + the replicas
+    assert len(graph.of_type(CONTAINER)) == 6 + replicas
     assert len(graph.of_type(NETWORK)) == 2
     assert len(graph.of_type(IMAGE)) == 1, "one service image, shared by every replica"
     assert [r.get("name") for r in graph.replicas()] == [f"{prefix(graph, cfg)}-service-{i}"
@@ -210,11 +210,23 @@ def test_database_container(stack):
     assert env["POSTGRES_PASSWORD"]
     volume = graph.one(VOLUME, "database-data").get("name")
     assert db.get("volumes") == [{"volumeName": volume, "containerPath": "/var/lib/postgresql/data"}]
-    migrations = sorted((ROOT / "service/migrations").glob("*.sql"))
-    assert migrations, "service/migrations/*.sql should exist (storage engineer's files)"
-    uploads = db.get("uploads")
-    assert [u["file"] for u in uploads] == [f"/docker-entrypoint-initdb.d/{m.name}" for m in migrations]
-    assert [u["content"] for u in uploads] == [m.read_text() for m in migrations]
+    # The schema comes from the migrate job (below), on every deploy, not from init scripts that
+    # would only run on an empty data volume.
+    assert not db.get("uploads")
+
+
+def test_migrate_job_runs_the_images_migrations_as_the_owner_before_the_replicas(stack):
+    _, graph, _ = stack
+    db = graph.container("database-container")
+    job = graph.container("service-migrate")
+    assert job.get("command") == ["python", "-m", "prediction_service", "migrate", "--app-role", "prediction_app"]
+    assert (job.get("attach"), job.get("mustRun"), job.get("restart")) == (True, False, "no")
+    assert job.get("image") == graph.replicas()[0].get("image")  # the same build as the replicas
+    assert job.networks() == {graph.one(NETWORK, "network-data").get("name")}
+    url = urllib.parse.urlsplit(job.env()["PREDICTION_TIMESCALE_URL"])
+    assert (url.username, urllib.parse.unquote(url.password)) == ("prediction_user", db.env()["POSTGRES_PASSWORD"])
+    names = [r.name for r in graph.resources]
+    assert all(names.index("service-migrate") < names.index(r.name) for r in graph.replicas())
 
 
 def test_cache_container(stack):
@@ -237,14 +249,15 @@ def test_service_env_points_at_database_and_cache_containers(stack):
     _, graph, cfg = stack
     db = graph.container("database-container")
     cache = graph.container("cache-container")
-    db_password = db.env()["POSTGRES_PASSWORD"]
+    app_password = graph.container("service-migrate").env()["PREDICTION_APP_DB_PASSWORD"]
     for replica in graph.replicas():
         env = replica.env()
         url = urllib.parse.urlsplit(env["PREDICTION_TIMESCALE_URL"])
         assert url.scheme == "postgresql"
         assert url.hostname == db.get("name") and url.port == 5432
-        assert url.username == db.env()["POSTGRES_USER"] and url.path == f"/{db.env()['POSTGRES_DB']}"
-        assert urllib.parse.unquote(url.password) == db_password
+        # The least-privilege role of migration 0005, not the database's superuser.
+        assert url.username == "prediction_app" and url.path == f"/{db.env()['POSTGRES_DB']}"
+        assert urllib.parse.unquote(url.password) == app_password != db.env()["POSTGRES_PASSWORD"]
         redis = urllib.parse.urlsplit(env["PREDICTION_REDIS_URL"])
         assert (redis.scheme, redis.hostname, redis.port, redis.path) == ("redis", cache.get("name"), 6379, "/0")
         assert env["PREDICTION_INSTANCE"] == replica.get("name")
@@ -324,6 +337,7 @@ def test_grafana_provisioning_from_the_ops_templates(stack):
 SECRET_ENV = {
     "database-container": ["POSTGRES_PASSWORD"],
     "monitoring-grafana": ["GF_SECURITY_ADMIN_PASSWORD"],
+    "service-migrate": ["PREDICTION_APP_DB_PASSWORD"],
 }
 SERVICE_SECRET_ENV = ["PREDICTION_TIMESCALE_URL", "PREDICTION_API_KEY", "PREDICTION_JWT_SECRET"]
 
@@ -400,7 +414,7 @@ def test_stack_outputs(stack):
 def test_generated_secrets_when_none_are_configured(stack):
     _, graph, _ = stack
     generated = {r.name for r in graph.of_type("random:index/randomPassword:RandomPassword")}
-    assert generated == {"database-password", "service-api-key", "service-jwt-secret",
+    assert generated == {"database-password", "database-app-password", "service-api-key", "service-jwt-secret",
                          "monitoring-grafana-admin-password"}
     assert {r.type for r in graph.resources if r.type.startswith("tls:")} == {
         "tls:index/privateKey:PrivateKey", "tls:index/selfSignedCert:SelfSignedCert"}

@@ -8,9 +8,9 @@
   batches — see :mod:`.writer`.
 - ``python -m prediction_service.storage migrate|rollback --to N|status`` — see :mod:`.__main__`.
 """
-from .migrations import (MIGRATIONS_DIR, MigrationError, apply_migrations, pending_migrations,
+from .migrations import (MIGRATIONS_DIR, MigrationError, apply_migrations, enable_login, pending_migrations,
                          rollback_migrations)
 from .writer import PredictionWriter
 
-__all__ = ["MIGRATIONS_DIR", "MigrationError", "PredictionWriter", "apply_migrations",
+__all__ = ["MIGRATIONS_DIR", "MigrationError", "PredictionWriter", "apply_migrations", "enable_login",
            "pending_migrations", "rollback_migrations"]

@@ -174,3 +174,17 @@ def _run_in_transaction(conn, migration: Migration, direction: str) -> None:
         for notice in conn.notices:
             log.info("%s: %s", path.name, notice.strip())
         conn.notices.clear()
+
+
+def enable_login(dsn: str, role: str, password: str) -> None:
+    """Give ``role`` (created by migration 0005, or by a superuser) LOGIN with ``password``.
+    Run as a role allowed to alter it (the database image's superuser)."""
+    from psycopg2 import sql
+
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+        if cur.fetchone() is None:
+            raise MigrationError(f"role {role} does not exist: a superuser must create it "
+                                 f"(CREATE ROLE {role}), then migrate again")
+        cur.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD %s").format(sql.Identifier(role)), (password,))
+    conn.close()

@@ -43,6 +43,7 @@ COMPUTED = {"random:index/randomPassword:RandomPassword", "tls:index/privateKey:
 CONTAINER_INPUTS = {"name", "hostname", "image", "command", "entrypoint", "envs", "user", "workingDir", "labels",
                     "ports", "volumes", "uploads", "networksAdvanced", "healthcheck", "restart", "maxRetryCount",
                     "memory", "cpus", "stopTimeout", "stopSignal", "wait", "waitTimeout", "mustRun", "start",
+                    "attach", "logs",
                     "init", "readOnly", "tmpfs", "capabilities"}
 
 
@@ -59,6 +60,7 @@ class Deployment:
     networks: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     containers: dict[str, str] = field(default_factory=dict)  # logical name -> container name
+    jobs: dict[str, str] = field(default_factory=dict)  # one-shot containers (attach): logical -> name
     skipped: dict[str, str] = field(default_factory=dict)  # logical name -> why it was not run
     # (container name, "443/tcp") -> (host ip, host port)
     ports: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
@@ -66,13 +68,14 @@ class Deployment:
     seconds_to_healthy: float = 0.0  # first container created -> every container healthy
 
     def to_json(self) -> dict:
-        return {"networks": self.networks, "volumes": self.volumes, "containers": self.containers,
+        return {"networks": self.networks, "volumes": self.volumes, "containers": self.containers, "jobs": self.jobs,
                 "skipped": self.skipped, "images": self.images,
                 "ports": [[c, p, ip, hp] for (c, p), (ip, hp) in self.ports.items()]}
 
     @classmethod
     def from_json(cls, data: dict) -> "Deployment":
         return cls(networks=data["networks"], volumes=data["volumes"], containers=data["containers"],
+                   jobs=data.get("jobs", {}),
                    skipped=data["skipped"], images=data.get("images", {}),
                    ports={(c, p): (ip, hp) for c, p, ip, hp in data["ports"]})
 
@@ -186,7 +189,7 @@ class Engine:
                                       f"tests/docker/dockerstack/engine.py does not translate; add it there")
 
     def down(self, deployment: Deployment, keep_volumes: bool = False) -> None:
-        for name in reversed(list(deployment.containers.values())):
+        for name in reversed(list(deployment.containers.values()) + list(deployment.jobs.values())):
             try:
                 self.client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
@@ -271,7 +274,8 @@ class Engine:
             healthcheck=self._healthcheck(inputs.get("healthcheck")),
             stop_signal=inputs.get("stopSignal"), stop_timeout=int(inputs["stopTimeout"]) if "stopTimeout" in inputs else None,
             host_config=host_config, networking_config=networking)
-        deployment.containers[logical] = name
+        attach = bool(inputs.get("attach"))
+        (deployment.jobs if attach else deployment.containers)[logical] = name
         container = self.client.containers.get(created["Id"])
         for extra in networks[1:]:
             self.client.networks.get(extra["name"]).connect(container, aliases=extra.get("aliases"))
@@ -281,12 +285,28 @@ class Engine:
             container.start()
         except docker.errors.APIError as exc:
             raise EngineError(f"container {name} did not start: {exc.explanation or exc}") from None
+        if attach:
+            self._run_to_completion(container, float(inputs.get("waitTimeout", 600)))
+            return
         container.reload()
         for port, bindings in (container.attrs["NetworkSettings"]["Ports"] or {}).items():
             for b in bindings or []:
                 deployment.ports[(name, port)] = (b["HostIp"], int(b["HostPort"]))
         if inputs.get("wait"):
             self.wait_healthy(name, float(inputs.get("waitTimeout", 60)))
+
+    @staticmethod
+    def _run_to_completion(container, timeout: float) -> None:
+        """attach=true: the provider waits for the exit; the program fails the deployment on a
+        non-zero exit code (infra/service.py), so the harness stops here too."""
+        try:
+            code = container.wait(timeout=timeout)["StatusCode"]
+        except Exception as exc:  # noqa: BLE001 — a timeout or a vanished container
+            raise EngineError(f"one-shot container {container.name} did not finish in {timeout:.0f}s: {exc}") from None
+        if code != 0:
+            logs = container.logs(tail=20).decode(errors="replace").strip()
+            raise EngineError(f"one-shot container {container.name} exited {code}:\n{logs}")
+        log(f"{container.name} ran to completion: {container.logs(tail=3).decode(errors='replace').strip()}")
 
     def _host_config(self, name: str, inputs: dict):
         bindings: dict[str, tuple[str, int]] = {}
