@@ -20,9 +20,10 @@ from harness.postgres import query
 PSQL = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")) / "psql"
 UP_FILES = sorted(MIGRATIONS_DIR.glob("*.sql"))
 ALL_FILES = UP_FILES + sorted((MIGRATIONS_DIR / "down").glob("*.sql"))
-EXPECTED_VERSIONS = [1, 2, 3, 4]
+EXPECTED_VERSIONS = [1, 2, 3, 4, 5]
 RECORDED = [(1, "schema_migrations"), (2, "prediction_tables"), (3, "partition_maintenance"),
-            (4, "compression")]
+            (4, "compression"), (5, "application_role")]
+NEXT = EXPECTED_VERSIONS[-1] + 1  # the version a test's extra file takes
 
 
 def tables(dsn: str) -> set[str]:
@@ -70,21 +71,21 @@ def test_apply_in_order_records_each_and_second_run_applies_nothing(fresh_db):
     assert {"schema_migrations", "predictions", "prediction_metrics"} <= tables(fresh_db)
     assert pending_migrations(fresh_db) == []
     assert apply_migrations(fresh_db) == []
-    assert len(recorded(fresh_db)) == 4
+    assert len(recorded(fresh_db)) == len(EXPECTED_VERSIONS)
 
 
 def test_target_stops_at_a_version(fresh_db):
     assert apply_migrations(fresh_db, target=1) == [1]
     assert tables(fresh_db) == {"schema_migrations"}
-    assert pending_migrations(fresh_db) == [2, 3, 4]
-    assert apply_migrations(fresh_db) == [2, 3, 4]
+    assert pending_migrations(fresh_db) == EXPECTED_VERSIONS[1:]
+    assert apply_migrations(fresh_db) == EXPECTED_VERSIONS[1:]
 
 
 def test_rollback_to_zero_then_migrate_again(fresh_db):
     apply_migrations(fresh_db)
     query(fresh_db, "INSERT INTO predictions (time, instance, model, model_version, input, output) "
                     "VALUES (now(), 'i', 'm', '1', '{}', '{}')")
-    assert rollback_migrations(fresh_db, 1) == [4, 3, 2]
+    assert rollback_migrations(fresh_db, 1) == EXPECTED_VERSIONS[:0:-1]
     assert tables(fresh_db) == {"schema_migrations"}
     assert recorded(fresh_db) == [(1, "schema_migrations")]
     assert query(fresh_db, "SELECT count(*) FROM pg_proc WHERE proname LIKE 'prediction%'") == [(0,)]
@@ -110,10 +111,10 @@ def test_same_files_applied_by_psql_then_runner_sees_them_applied(fresh_db):
 def test_a_failing_file_leaves_earlier_ones_applied_and_itself_not_at_all(fresh_db, tmp_path):
     for m in discover():
         (tmp_path / m.up.name).write_text(m.up.read_text())
-    (tmp_path / "0005_broken.sql").write_text(
+    (tmp_path / f"{NEXT:04d}_broken.sql").write_text(
         "CREATE TABLE half_done (x int);\nSELECT no_such_function();\n"
-        "INSERT INTO schema_migrations (version, name) VALUES (5, 'broken') ON CONFLICT DO NOTHING;\n")
-    with pytest.raises(MigrationError, match="0005_broken.sql.*no_such_function"):
+        f"INSERT INTO schema_migrations (version, name) VALUES ({NEXT}, 'broken') ON CONFLICT DO NOTHING;\n")
+    with pytest.raises(MigrationError, match=f"{NEXT:04d}_broken.sql.*no_such_function"):
         apply_migrations(fresh_db, migrations_dir=tmp_path)
     assert [v for v, _ in recorded(fresh_db)] == EXPECTED_VERSIONS
     assert "half_done" not in tables(fresh_db)
@@ -122,8 +123,8 @@ def test_a_failing_file_leaves_earlier_ones_applied_and_itself_not_at_all(fresh_
 def test_a_file_that_does_not_record_itself_is_an_error(fresh_db, tmp_path):
     for m in discover():
         (tmp_path / m.up.name).write_text(m.up.read_text())
-    (tmp_path / "0005_silent.sql").write_text("CREATE TABLE silent (x int);\n")
-    with pytest.raises(MigrationError, match="did not record version 5"):
+    (tmp_path / f"{NEXT:04d}_silent.sql").write_text("CREATE TABLE silent (x int);\n")
+    with pytest.raises(MigrationError, match=f"did not record version {NEXT}"):
         apply_migrations(fresh_db, migrations_dir=tmp_path)
 
 
@@ -136,15 +137,15 @@ def test_cli_migrate_status_rollback(fresh_db, repo_root, storage_mode):
 
     r = cli("migrate")
     assert r.returncode == 0, r.stderr
-    assert "applied 4 migration(s): 1, 2, 3, 4" in r.stdout
+    assert f"applied {len(EXPECTED_VERSIONS)} migration(s): {', '.join(map(str, EXPECTED_VERSIONS))}" in r.stdout
     # the path chosen is reported
     assert {"timescaledb": "TimescaleDB hypertables with a 30-day retention policy",
             "partitions": "native daily range partitions"}[storage_mode] in r.stdout
     r = cli("status")
-    assert r.stdout.splitlines() == ["0001_schema_migrations: applied", "0002_prediction_tables: applied",
-                                     "0003_partition_maintenance: applied", "0004_compression: applied"]
+    assert r.stdout.splitlines() == [f"{v:04d}_{name}: applied" for v, name in RECORDED]
     r = cli("rollback", "--to", "1")
-    assert r.returncode == 0 and "rolled back 3 migration(s): 4, 3, 2" in r.stdout
+    undone = EXPECTED_VERSIONS[:0:-1]
+    assert r.returncode == 0 and f"rolled back {len(undone)} migration(s): {', '.join(map(str, undone))}" in r.stdout
     assert "0002_prediction_tables: pending" in cli("status").stdout
     r = cli("migrate", "--dsn", fresh_db.replace("test-app-pw", "wrong-pw"))
     assert r.returncode == 1 and r.stderr.startswith("error:") and "password" in r.stderr
