@@ -28,11 +28,12 @@ END
 $do$;
 
 -- The partition routines create and drop partitions: they run with their owner's rights whoever
--- calls them, with a fixed search_path so a caller's objects cannot stand in for the tables.
+-- calls them, with a fixed search_path (pg_catalog first, implicitly; partitions go to public) so a
+-- caller's objects cannot stand in for the tables.
 ALTER FUNCTION prediction_partitions_ensure(integer, date)
-    SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp;
+    SECURITY DEFINER SET search_path = public, pg_temp;
 ALTER FUNCTION prediction_partitions_drop_older_than(interval, timestamptz)
-    SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp;
+    SECURITY DEFINER SET search_path = public, pg_temp;
 REVOKE EXECUTE ON FUNCTION prediction_partitions_ensure(integer, date),
                            prediction_partitions_drop_older_than(interval, timestamptz) FROM PUBLIC;
 
