@@ -74,10 +74,10 @@ class Gateway(pulumi.ComponentResource):
             # The provider marks private_key_pem secret itself; saying so here keeps it secret regardless.
             key_pem = pulumi.Output.secret(key.private_key_pem)
 
-        upstreams = pulumi.Output.all(*[r.name for r in service.replicas]).apply(
-            lambda names: [f"{n}:{service.port}" for n in names])
-        self.nginx_conf = upstreams.apply(
-            lambda servers: templates.render(templates.NGINX_CONF, **nginx_variables(cfg, servers)))
+        # The replicas' stable aliases, not their container names: replacing a replica changes
+        # neither this file nor the gateway container.
+        self.nginx_conf = pulumi.Output.from_input(templates.render(
+            templates.NGINX_CONF, **nginx_variables(cfg, [f"{a}:{service.port}" for a in service.aliases])))
 
         image = docker.RemoteImage(f"{name}-image", name=f"{g.image}:{g.tag}", keep_locally=True, opts=child_opts)
         self.container = docker.Container(
