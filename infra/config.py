@@ -82,6 +82,10 @@ class CacheConfig:
 class ServiceConfig:
     replicas: int
     imageName: str = "prediction-service"
+    # A released image to run (e.g. prediction-service:2026.11.29 or registry.example.com/prediction:1.4)
+    # instead of building service/: deploying a release is setting it, rolling back is setting the
+    # previous one. Unset: `pulumi up` builds service/Dockerfile as <imageName>:<stack>.
+    image: Optional[str] = None
     port: int = 8000
     cpus: Optional[float] = None
     memoryMb: Optional[int] = None
@@ -106,7 +110,7 @@ class GatewayConfig:
     httpPort: int = 80
     bindAddress: str = "0.0.0.0"
     upstreamKeepalive: int = 32
-    nextUpstreamTries: int = 2
+    nextUpstreamTries: int = 0  # 0: every replica
     clientMaxBodySize: str = "2m"
     proxyReadTimeout: str = "30s"
     selfSignedValidityHours: int = 8760
@@ -124,6 +128,11 @@ class MonitoringConfig:
     bindAddress: str = "127.0.0.1"
     prometheusHostPort: int = 9090
     grafanaHostPort: int = 3000
+    # Host metrics of the Docker host (the brief's CPU/memory/disk checklist), from a node-exporter
+    # container reading the host's /proc, /sys and root filesystem read-only.
+    nodeExporterTag: str = "v1.8.2"
+    nodeExporterImage: str = "prom/node-exporter"
+    # Further node-exporters to scrape (host:port), e.g. other machines.
     nodeExporterTargets: list[str] = field(default_factory=list)
     datasourceUid: str = "prometheus"
 
@@ -274,13 +283,22 @@ def _validate(cfg: PlatformConfig) -> None:
     if cfg.requirePinnedImages:
         for name, tag in (("database.tag", cfg.database.tag), ("cache.tag", cfg.cache.tag),
                           ("gateway.tag", cfg.gateway.tag), ("monitoring.prometheusTag", cfg.monitoring.prometheusTag),
-                          ("monitoring.grafanaTag", cfg.monitoring.grafanaTag)):
+                          ("monitoring.grafanaTag", cfg.monitoring.grafanaTag),
+                          ("monitoring.nodeExporterTag", cfg.monitoring.nodeExporterTag)) + (
+                             (("service.image", _tag_of(cfg.service.image)),) if cfg.service.image else ()):
             _check(not _UNPINNED_TAG.match(tag) and re.search(r"\d", tag) is not None,
                    f"{p}:{name} is {tag!r} but requirePinnedImages is true: pin a versioned tag such as 2.17.2-pg15")
     sec = cfg.secrets
     _check((sec.tlsCert is None) == (sec.tlsKey is None),
            f"{p}: set both tlsCert and tlsKey (pulumi config set --secret tlsCert < cert.pem) or neither "
            f"(a self-signed certificate is generated)")
+
+
+def _tag_of(ref: str) -> str:
+    """The tag of an image reference (``latest`` when it has none)."""
+    name = ref.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.rsplit(":", 1)[1] if ":" in last else "latest"
 
 
 def _secret(config: pulumi.Config, key: str) -> Optional[pulumi.Output[str]]:
@@ -292,6 +310,19 @@ def _secret(config: pulumi.Config, key: str) -> Optional[pulumi.Output[str]]:
             f"{full} ({SECRET_KEYS[key]}) is stored in plain text in Pulumi.{pulumi.get_stack()}.yaml; "
             f"remove it and run: pulumi config set --secret {key} <value>")
     return config.require_secret(key)
+
+
+SECTIONS = {"network": NetworkConfig, "database": DatabaseConfig, "cache": CacheConfig,
+            "service": ServiceConfig, "gateway": GatewayConfig, "monitoring": MonitoringConfig}
+
+
+def stack_file_section(stack: str, key: str) -> Any:
+    """One section of Pulumi.<stack>.yaml as ``load()`` reads it, defaults filled in, without the
+    Pulumi engine: for the tools that check a deployed stack (tests/host) against its stack file."""
+    import yaml
+
+    raw = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    return _section(SECTIONS[key], raw.get(f"{PROJECT}:{key}"), key)
 
 
 def load() -> PlatformConfig:

@@ -1,4 +1,5 @@
-"""Prometheus scraping every replica, and Grafana provisioned from the ops role's templates."""
+"""Prometheus scraping every replica and the Docker host's node-exporter, and Grafana provisioned
+from the ops role's templates."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,9 @@ ALERT_RULES_DIR = REPO_ROOT / "dashboards/alerts"
 DASHBOARDS_DIR = REPO_ROOT / "dashboards/grafana"
 PROMETHEUS_PORT = 9090
 GRAFANA_PORT = 3000
+NODE_EXPORTER_PORT = 9100
 RULES_IN_CONTAINER = "/etc/prometheus/rules"
+GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
 DASHBOARDS_IN_CONTAINER = "/etc/grafana/dashboards"
 
 
@@ -29,7 +32,7 @@ def dashboard_files(folder: Path = DASHBOARDS_DIR) -> list[Path]:
 
 
 def prometheus_variables(cfg: PlatformConfig, replica_names: list[str], port: int,
-                         rule_files: list[str]) -> dict:
+                         rule_files: list[str], node_exporters: list[str] = ()) -> dict:
     """Template variables of roles/prometheus_server/templates/prometheus.yml.j2 for the container."""
     m = cfg.monitoring
     return {
@@ -38,7 +41,7 @@ def prometheus_variables(cfg: PlatformConfig, replica_names: list[str], port: in
         "prometheus_external_labels": {"environment": cfg.stack},
         "prometheus_rule_files": rule_files,
         "prometheus_service_targets": [{"target": f"{n}:{port}", "instance": n} for n in replica_names],
-        "prometheus_node_exporter_targets": list(m.nodeExporterTargets),
+        "prometheus_node_exporter_targets": list(node_exporters) + list(m.nodeExporterTargets),
         "prometheus_self_target": f"localhost:{PROMETHEUS_PORT}",
     }
 
@@ -49,7 +52,8 @@ def _labels(cfg: PlatformConfig, component: str) -> list[docker.ContainerLabelAr
 
 
 class Monitoring(pulumi.ComponentResource):
-    """Prometheus and Grafana on the app network, published on ``monitoring.bindAddress``.
+    """Prometheus, the Docker host's node-exporter and Grafana on the app network; Prometheus and
+    Grafana published on ``monitoring.bindAddress``.
 
     Outputs: ``prometheus_url``, ``grafana_url``, ``prometheus_yml`` (rendered), ``grafana_admin_password``
     (secret; from ``grafanaAdminPassword`` config or generated).
@@ -58,25 +62,67 @@ class Monitoring(pulumi.ComponentResource):
     def __init__(self, name: str, cfg: PlatformConfig, networks: Networks, service: PredictionService,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("prediction:monitoring:Monitoring", name, None, opts)
-        child_opts = pulumi.ResourceOptions(parent=self)
-        m = cfg.monitoring
+        self.name = name
+        self.cfg = cfg
+        self.child_opts = pulumi.ResourceOptions(parent=self)
+        self.node_exporter = self._node_exporter(networks)
+        self.prometheus = self._prometheus(networks, service)
+        self.grafana_admin_password = _secret_or_generated(
+            cfg.secrets.grafanaAdminPassword, f"{name}-grafana-admin-password", self.child_opts)
+        self.grafana = self._grafana(networks)
 
-        # --- Prometheus -------------------------------------------------------------------------
+        # Published on all interfaces, they are reached by the gateway's host name.
+        m = cfg.monitoring
+        host = cfg.gateway.serverName if m.bindAddress == "0.0.0.0" else m.bindAddress
+        self.prometheus_url = pulumi.Output.from_input(f"http://{host}:{m.prometheusHostPort}")
+        self.grafana_url = pulumi.Output.from_input(f"http://{host}:{m.grafanaHostPort}")
+        self.register_outputs({"prometheus_url": self.prometheus_url, "grafana_url": self.grafana_url,
+                               "grafana_admin_password": self.grafana_admin_password})
+
+    def _image(self, suffix: str, ref: str) -> docker.RemoteImage:
+        return docker.RemoteImage(f"{self.name}-{suffix}-image", name=ref, keep_locally=True, opts=self.child_opts)
+
+    def _node_exporter(self, networks: Networks) -> docker.Container:
+        """Host metrics for the brief's CPU/memory/disk checklist: the host's /proc, /sys and root
+        filesystem, read-only, seen from the host's PID namespace; scraped over the app network."""
+        m, cfg = self.cfg.monitoring, self.cfg
+        image = self._image("node-exporter", f"{m.nodeExporterImage}:{m.nodeExporterTag}")
+        return docker.Container(
+            f"{self.name}-node-exporter",
+            name=cfg.physical("node-exporter"),
+            image=image.image_id,
+            command=["--path.rootfs=/host", f"--web.listen-address=:{NODE_EXPORTER_PORT}"],
+            pid_mode="host",
+            # No rslave propagation (node-exporter's docs suggest it to see mounts made later): it needs
+            # the host's / to be a shared mount, which systemd hosts have and containers often do not.
+            mounts=[docker.ContainerMountArgs(type="bind", source="/", target="/host", read_only=True)],
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.app.name)],
+            healthcheck=docker.ContainerHealthcheckArgs(
+                tests=["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{NODE_EXPORTER_PORT}/metrics"],
+                interval="10s", timeout="3s", retries=5, start_period="5s"),
+            restart="unless-stopped",
+            labels=_labels(cfg, "node-exporter"),
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )
+
+    def _prometheus(self, networks: Networks, service: PredictionService) -> docker.Container:
+        m, cfg = self.cfg.monitoring, self.cfg
         rules = alert_rule_files()
         if not rules:
             pulumi.log.warn(f"no alert rules in {ALERT_RULES_DIR}: Prometheus runs without alerts", self)
         rule_paths = [f"{RULES_IN_CONTAINER}/{p.name}" for p in rules]
-        self.prometheus_yml = pulumi.Output.all(*[r.name for r in service.replicas]).apply(
-            lambda names: templates.render(
-                templates.PROMETHEUS_YML, **prometheus_variables(cfg, names, service.port, rule_paths)))
-
-        prom_image = docker.RemoteImage(f"{name}-prometheus-image", name=f"{m.prometheusImage}:{m.prometheusTag}",
-                                        keep_locally=True, opts=child_opts)
-        prom_volume = docker.Volume(f"{name}-prometheus-data", name=cfg.physical("prometheus-data"), opts=child_opts)
-        self.prometheus = docker.Container(
-            f"{name}-prometheus",
+        # The replicas' stable aliases: replacing a replica changes neither this file nor the container.
+        self.prometheus_yml = pulumi.Output.from_input(templates.render(
+            templates.PROMETHEUS_YML, **prometheus_variables(
+                cfg, service.aliases, service.port, rule_paths,
+                [f"{cfg.physical('node-exporter')}:{NODE_EXPORTER_PORT}"])))
+        image = self._image("prometheus", f"{m.prometheusImage}:{m.prometheusTag}")
+        volume = docker.Volume(f"{self.name}-prometheus-data", name=cfg.physical("prometheus-data"),
+                               opts=self.child_opts)
+        return docker.Container(
+            f"{self.name}-prometheus",
             name=cfg.physical("prometheus"),
-            image=prom_image.image_id,
+            image=image.image_id,
             command=[
                 "--config.file=/etc/prometheus/prometheus.yml",
                 "--storage.tsdb.path=/prometheus",
@@ -84,7 +130,7 @@ class Monitoring(pulumi.ComponentResource):
             ],
             uploads=[docker.ContainerUploadArgs(file="/etc/prometheus/prometheus.yml", content=self.prometheus_yml)]
             + [docker.ContainerUploadArgs(file=path, content=p.read_text()) for path, p in zip(rule_paths, rules)],
-            volumes=[docker.ContainerVolumeArgs(volume_name=prom_volume.name, container_path="/prometheus")],
+            volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path="/prometheus")],
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.app.name)],
             ports=[docker.ContainerPortArgs(internal=PROMETHEUS_PORT, external=m.prometheusHostPort,
                                             ip=m.bindAddress)],
@@ -96,33 +142,19 @@ class Monitoring(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
 
-        # --- Grafana ----------------------------------------------------------------------------
-        if cfg.secrets.grafanaAdminPassword is not None:
-            self.grafana_admin_password = pulumi.Output.secret(cfg.secrets.grafanaAdminPassword)
-        else:
-            generated = random.RandomPassword(f"{name}-grafana-admin-password", length=24, special=False,
-                                              opts=child_opts)
-            self.grafana_admin_password = pulumi.Output.secret(generated.result)
-
-        prometheus_url = pulumi.Output.format("http://{0}:{1}", self.prometheus.name, PROMETHEUS_PORT)
-        datasource_yml = prometheus_url.apply(lambda url: templates.render(
-            templates.GRAFANA_DATASOURCE,
-            grafana_provisioning_prometheus_url=url,
-            grafana_provisioning_datasource_uid=m.datasourceUid,
-            grafana_provisioning_scrape_interval=m.scrapeInterval))
-        dashboards_yml = templates.render(templates.GRAFANA_DASHBOARDS,
-                                          grafana_provisioning_dashboards_dir=DASHBOARDS_IN_CONTAINER)
-        dashboards = dashboard_files()
-        if not dashboards:
+    def _grafana(self, networks: Networks) -> docker.Container:
+        """Provisioned by files uploaded into the container, rendered from the grafana_provisioning
+        role's templates (playbooks/grafana.yml copies the same files after a dashboard change)."""
+        m, cfg = self.cfg.monitoring, self.cfg
+        files = grafana_files(cfg, f"http://{cfg.physical('prometheus')}:{PROMETHEUS_PORT}")
+        if not dashboard_files():
             pulumi.log.warn(f"no dashboards in {DASHBOARDS_DIR}: Grafana starts without dashboards", self)
-
-        grafana_image = docker.RemoteImage(f"{name}-grafana-image", name=f"{m.grafanaImage}:{m.grafanaTag}",
-                                           keep_locally=True, opts=child_opts)
-        grafana_volume = docker.Volume(f"{name}-grafana-data", name=cfg.physical("grafana-data"), opts=child_opts)
-        self.grafana = docker.Container(
-            f"{name}-grafana",
+        image = self._image("grafana", f"{m.grafanaImage}:{m.grafanaTag}")
+        volume = docker.Volume(f"{self.name}-grafana-data", name=cfg.physical("grafana-data"), opts=self.child_opts)
+        return docker.Container(
+            f"{self.name}-grafana",
             name=cfg.physical("grafana"),
-            image=grafana_image.image_id,
+            image=image.image_id,
             envs=[
                 "GF_SECURITY_ADMIN_USER=admin",
                 pulumi.Output.format("GF_SECURITY_ADMIN_PASSWORD={0}", self.grafana_admin_password),
@@ -130,14 +162,8 @@ class Monitoring(pulumi.ComponentResource):
                 "GF_ANALYTICS_REPORTING_ENABLED=false",
                 "GF_ANALYTICS_CHECK_FOR_UPDATES=false",
             ],
-            uploads=[
-                docker.ContainerUploadArgs(file="/etc/grafana/provisioning/datasources/prediction.yml",
-                                           content=datasource_yml),
-                docker.ContainerUploadArgs(file="/etc/grafana/provisioning/dashboards/prediction.yml",
-                                           content=dashboards_yml),
-            ] + [docker.ContainerUploadArgs(file=f"{DASHBOARDS_IN_CONTAINER}/{p.name}", content=p.read_text())
-                 for p in dashboards],
-            volumes=[docker.ContainerVolumeArgs(volume_name=grafana_volume.name, container_path="/var/lib/grafana")],
+            uploads=[docker.ContainerUploadArgs(file=path, content=content) for path, content in files.items()],
+            volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path="/var/lib/grafana")],
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.app.name)],
             ports=[docker.ContainerPortArgs(internal=GRAFANA_PORT, external=m.grafanaHostPort, ip=m.bindAddress)],
             healthcheck=docker.ContainerHealthcheckArgs(
@@ -148,9 +174,31 @@ class Monitoring(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
 
-        # Published on all interfaces, they are reached by the gateway's host name.
-        host = cfg.gateway.serverName if m.bindAddress == "0.0.0.0" else m.bindAddress
-        self.prometheus_url = pulumi.Output.from_input(f"http://{host}:{m.prometheusHostPort}")
-        self.grafana_url = pulumi.Output.from_input(f"http://{host}:{m.grafanaHostPort}")
-        self.register_outputs({"prometheus_url": self.prometheus_url, "grafana_url": self.grafana_url,
-                               "grafana_admin_password": self.grafana_admin_password})
+
+def grafana_files(cfg: PlatformConfig, prometheus_url: str) -> dict[str, str]:
+    """Every provisioning file of the Grafana container, path -> content: the files, names and
+    folder the grafana_provisioning role writes (playbooks/grafana.yml copies the same ones)."""
+    m = cfg.monitoring
+    role = templates.role_defaults("grafana_provisioning")
+    variables = {k: role[k] for k in ("grafana_provisioning_datasource_name", "grafana_provisioning_provider_name",
+                                      "grafana_provisioning_update_interval_seconds")}
+    variables.update(grafana_provisioning_prometheus_url=prometheus_url,
+                     grafana_provisioning_datasource_uid=m.datasourceUid,
+                     grafana_provisioning_scrape_interval=m.scrapeInterval,
+                     grafana_provisioning_dashboards_dir=DASHBOARDS_IN_CONTAINER)
+    provider = role["grafana_provisioning_provider_name"]
+    folder = role["grafana_provisioning_dashboards_folder"]
+    files = {
+        f"{GRAFANA_PROVISIONING}/datasources/{provider}.yml": templates.render(templates.GRAFANA_DATASOURCE, **variables),
+        f"{GRAFANA_PROVISIONING}/dashboards/{provider}.yml": templates.render(templates.GRAFANA_DASHBOARDS, **variables),
+    }
+    dashboards = f"{DASHBOARDS_IN_CONTAINER}/{folder}" if folder else DASHBOARDS_IN_CONTAINER
+    files.update({f"{dashboards}/{p.name}": p.read_text() for p in dashboard_files()})
+    return files
+
+
+def _secret_or_generated(value: pulumi.Output[str] | None, resource_name: str,
+                         opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+    if value is not None:
+        return pulumi.Output.secret(value)
+    return pulumi.Output.secret(random.RandomPassword(resource_name, length=24, special=False, opts=opts).result)

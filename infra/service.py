@@ -1,6 +1,8 @@
-"""The prediction service: one locally built image and N replica containers."""
+"""The prediction service: its image (built from service/, or a released tag) and N replica containers."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import pulumi
@@ -17,11 +19,30 @@ DOCKERFILE = SERVICE_DIR / "Dockerfile"
 STOP_TIMEOUT_SECONDS = 45
 
 
-class PredictionService(pulumi.ComponentResource):
-    """Builds ``service/Dockerfile`` (context ``service/``, not pushed) and runs ``service.replicas``
-    containers on the app network (gateway, Prometheus) and the data network (database, Redis).
+def build_args(target: str | None = None) -> docker.DockerBuildArgs:
+    """service/Dockerfile as Pulumi builds it (``target``: a stage, e.g. the ops toolbox).
 
-    Outputs: ``replica_names`` (container names, also their DNS names), ``port``, ``api_key`` (secret).
+    Paths relative to the working directory (infra/, where the CLI runs the program) keep the
+    image's inputs identical on every checkout, so moving the repo does not rebuild."""
+    if not DOCKERFILE.is_file():
+        raise FileNotFoundError(f"{DOCKERFILE} not found: the service image is built from service/Dockerfile "
+                                f"(docs/CONTRACTS.md); check out a revision that has it")
+    context = os.path.relpath(SERVICE_DIR, os.getcwd())
+    return docker.DockerBuildArgs(context=context, dockerfile=os.path.join(context, "Dockerfile"),
+                                  platform="linux/amd64", target=target)
+
+
+class PredictionService(pulumi.ComponentResource):
+    """Runs ``service.replicas`` containers of the service image on the app network (gateway,
+    Prometheus) and the data network (database, Redis), after a one-shot migrate job.
+
+    The image is ``service.image`` when set (a released tag: rolling back is setting the previous one)
+    and otherwise built from ``service/Dockerfile``. Each replica answers on a stable network alias,
+    ``<prefix>-service-N``, which the gateway and Prometheus use; its container name adds a digest of
+    its inputs, so a changed replica is replaced create-before-delete: the new one is healthy before
+    the old one stops, and the gateway never runs out of replicas.
+
+    Outputs: ``replica_names`` (the aliases), ``port``, ``api_key`` (secret), ``image``.
     """
 
     def __init__(self, name: str, cfg: PlatformConfig, networks: Networks, database: Database, cache: Cache,
@@ -29,64 +50,16 @@ class PredictionService(pulumi.ComponentResource):
         super().__init__("prediction:service:PredictionService", name, None, opts)
         child_opts = pulumi.ResourceOptions(parent=self)
         s = cfg.service
-
-        if not DOCKERFILE.is_file():
-            raise FileNotFoundError(
-                f"{DOCKERFILE} not found: the service image is built from service/Dockerfile "
-                f"(docs/CONTRACTS.md); check out a revision that has it")
-
-        self.api_key = self._secret_or_generated(cfg.secrets.apiKey, f"{name}-api-key", child_opts)
-        self.jwt_secret = self._secret_or_generated(cfg.secrets.jwtSecret, f"{name}-jwt-secret", child_opts)
-
-        # Paths relative to the working directory (infra/, where the CLI runs the program) keep the
-        # image's inputs identical on every checkout, so moving the repo does not rebuild.
-        context = os.path.relpath(SERVICE_DIR, os.getcwd())
-        self.image = docker.Image(
-            f"{name}-image",
-            image_name=f"{s.imageName}:{cfg.stack}",
-            build=docker.DockerBuildArgs(context=context, dockerfile=os.path.join(context, "Dockerfile"),
-                                         platform="linux/amd64"),
-            skip_push=True,
-            build_on_preview=s.buildOnPreview,
-            opts=child_opts,
-        )
-
-        # The image ships no models (service/Dockerfile): they come from a host folder or from the
-        # stack's named volume, which operators fill (docs/pulumi.md). Replicas only read them.
-        if s.modelsHostPath is not None:
-            models_mount = docker.ContainerVolumeArgs(host_path=str(REPO_ROOT / s.modelsHostPath),
-                                                      container_path=s.modelPath, read_only=True)
-        else:
-            models_volume = docker.Volume(f"{name}-models", name=cfg.physical("models"), opts=child_opts)
-            models_mount = docker.ContainerVolumeArgs(volume_name=models_volume.name, container_path=s.modelPath,
-                                                      read_only=True)
-
-        # The schema before any replica: the image's migrations, applied as the owner, then
-        # prediction_app given LOGIN and its password (a rotated appDbPassword takes effect on the
-        # next `pulumi up`). One-shot: attach waits for the exit; the replicas' database URL exists
-        # only once the exit code is 0, so a failed migration fails the deployment before them.
-        self.migrate = docker.Container(
-            f"{name}-migrate",
-            name=cfg.physical("migrate"),
-            image=self.image.repo_digest,
-            command=["python", "-m", "prediction_service", "migrate", "--app-role", APP_ROLE],
-            envs=[
-                pulumi.Output.secret(pulumi.Output.format("PREDICTION_TIMESCALE_URL={0}", database.url())),
-                pulumi.Output.format("PREDICTION_APP_DB_PASSWORD={0}", database.app_password),
-            ],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.data.name)],
-            must_run=False,
-            attach=True,
-            logs=True,
-            restart="no",
-            labels=[docker.ContainerLabelArgs(label="com.prediction.stack", value=cfg.stack),
-                    docker.ContainerLabelArgs(label="com.prediction.component", value="migrate")],
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
-        )
+        self.api_key = _secret_or_generated(cfg.secrets.apiKey, f"{name}-api-key", child_opts)
+        self.jwt_secret = _secret_or_generated(cfg.secrets.jwtSecret, f"{name}-jwt-secret", child_opts)
+        self.image_ref = self._image(name, cfg, child_opts)
+        self.models_volume, models_mount = self._models(name, cfg, child_opts)
+        self.migrate = self._migrate_job(name, cfg, networks, database, child_opts)
+        # The service's database URL exists only once the migrate job exited 0, so a failed
+        # migration fails the deployment before any replica is touched.
         app_db_url = pulumi.Output.all(database.url(app=True), self.migrate.exit_code, self.migrate.name).apply(
             lambda args: _after_migration(*args))
-
-        common_env = [
+        env = [
             pulumi.Output.secret(pulumi.Output.format("PREDICTION_TIMESCALE_URL={0}", app_db_url)),
             pulumi.Output.format("PREDICTION_REDIS_URL={0}", cache.url()),
             f"PREDICTION_MODEL_PATH={s.modelPath}",
@@ -97,51 +70,110 @@ class PredictionService(pulumi.ComponentResource):
             f"PREDICTION_LOG_LEVEL={s.logLevel.upper()}",
         ] + [f"{k}={v}" for k, v in sorted(s.env.items())]
 
-        health_probe = ("import urllib.request; "
-                        f"urllib.request.urlopen('http://127.0.0.1:{s.port}/health', timeout=3)")
-        self.replicas: list[docker.Container] = []
-        for i in range(1, s.replicas + 1):
-            replica = cfg.physical(f"service-{i}")
-            self.replicas.append(docker.Container(
-                f"{name}-{i}",
-                name=replica,
-                hostname=replica,
-                image=self.image.repo_digest,
-                envs=common_env + [f"PREDICTION_INSTANCE={replica}"],
-                networks_advanced=[
-                    docker.ContainerNetworksAdvancedArgs(name=networks.app.name),
-                    docker.ContainerNetworksAdvancedArgs(name=networks.data.name),
-                ],
-                volumes=[models_mount],
-                healthcheck=docker.ContainerHealthcheckArgs(
-                    tests=["CMD", "python", "-c", health_probe],
-                    interval="10s", timeout="5s", retries=3, start_period="20s"),
-                restart="on-failure",
-                max_retry_count=s.maxRetryCount,
-                # Docker's default 10 s before SIGKILL is shorter than a graceful stop: in-flight
-                # requests (PREDICTION_REQUEST_TIMEOUT_SECONDS + 1 s), then the prediction writer's
-                # flush (up to 30 s) — rows still queued at a SIGKILL would be lost.
-                stop_timeout=STOP_TIMEOUT_SECONDS,
-                cpus=None if s.cpus is None else f"{s.cpus:g}",
-                memory=s.memoryMb,
-                wait=True,
-                wait_timeout=120,
-                labels=[docker.ContainerLabelArgs(label="com.prediction.stack", value=cfg.stack),
-                        docker.ContainerLabelArgs(label="com.prediction.component", value="service")],
-                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
-            ))
-
+        self.aliases = [cfg.physical(f"service-{i}") for i in range(1, s.replicas + 1)]
+        self.replicas = [self._replica(f"{name}-{i}", alias, cfg, networks, env, models_mount)
+                         for i, alias in enumerate(self.aliases, start=1)]
         self.port = s.port
-        self.replica_names = pulumi.Output.all(*[r.name for r in self.replicas])
-        self.register_outputs({"replica_names": self.replica_names, "image": self.image.repo_digest,
+        self.replica_names = pulumi.Output.from_input(self.aliases)
+        self.register_outputs({"replica_names": self.replica_names, "image": self.image_ref,
                                "api_key": self.api_key})
 
+    def _image(self, name: str, cfg: PlatformConfig, opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+        s = cfg.service
+        if s.image:
+            return docker.RemoteImage(f"{name}-image", name=s.image, keep_locally=True, opts=opts).image_id
+        return docker.Image(f"{name}-image", image_name=f"{s.imageName}:{cfg.stack}", build=build_args(),
+                            skip_push=True, build_on_preview=s.buildOnPreview, opts=opts).repo_digest
+
     @staticmethod
-    def _secret_or_generated(value: pulumi.Output[str] | None, resource_name: str,
-                             opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
-        if value is not None:
-            return pulumi.Output.secret(value)
-        return pulumi.Output.secret(random.RandomPassword(resource_name, length=48, special=False, opts=opts).result)
+    def _models(name: str, cfg: PlatformConfig, opts: pulumi.ResourceOptions):
+        """The image ships no models: a host folder (dev) or the stack's named volume, which
+        playbooks/models.yml fills. Replicas only read them."""
+        s = cfg.service
+        if s.modelsHostPath is not None:
+            return None, docker.ContainerVolumeArgs(host_path=str(REPO_ROOT / s.modelsHostPath),
+                                                    container_path=s.modelPath, read_only=True)
+        volume = docker.Volume(f"{name}-models", name=cfg.physical("models"), opts=opts)
+        return volume, docker.ContainerVolumeArgs(volume_name=volume.name, container_path=s.modelPath,
+                                                  read_only=True)
+
+    def _migrate_job(self, name: str, cfg: PlatformConfig, networks: Networks, database: Database,
+                     opts: pulumi.ResourceOptions) -> docker.Container:
+        """The image's migrations, applied as the owner, then prediction_app given LOGIN and its
+        password (a rotated appDbPassword takes effect on the next `pulumi up`). One-shot: attach
+        waits for the exit."""
+        return docker.Container(
+            f"{name}-migrate",
+            name=cfg.physical("migrate"),
+            image=self.image_ref,
+            command=["python", "-m", "prediction_service", "migrate", "--app-role", APP_ROLE],
+            envs=[
+                pulumi.Output.secret(pulumi.Output.format("PREDICTION_TIMESCALE_URL={0}", database.url())),
+                pulumi.Output.format("PREDICTION_APP_DB_PASSWORD={0}", database.app_password),
+            ],
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.data.name)],
+            must_run=False,
+            attach=True,
+            logs=True,
+            restart="no",
+            labels=labels(cfg, "migrate"),
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(delete_before_replace=True)),
+        )
+
+    def _replica(self, resource_name: str, alias: str, cfg: PlatformConfig, networks: Networks,
+                 env: list, models_mount: docker.ContainerVolumeArgs) -> docker.Container:
+        s = cfg.service
+        env = env + [f"PREDICTION_INSTANCE={alias}"]
+        probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{s.port}/health', timeout=3)"
+        # Every setting below in plain values: the container name carries a digest of them (and of
+        # the image and environment), so whatever changes a replica also renames it, and Pulumi's
+        # default create-before-delete replacement applies instead of a name collision.
+        plain = dict(
+            hostname=alias,
+            healthcheck=dict(tests=["CMD", "python", "-c", probe], interval="10s", timeout="5s", retries=3,
+                             start_period="20s"),
+            restart="on-failure",
+            max_retry_count=s.maxRetryCount,
+            # Docker's default 10 s before SIGKILL is shorter than a graceful stop: in-flight
+            # requests (PREDICTION_REQUEST_TIMEOUT_SECONDS + 1 s), then the prediction writer's
+            # flush (up to 30 s) — rows still queued at a SIGKILL would be lost.
+            stop_timeout=STOP_TIMEOUT_SECONDS,
+            cpus=None if s.cpus is None else f"{s.cpus:g}",
+            memory=s.memoryMb,
+            wait=True,
+            wait_timeout=120,
+        )
+        mounts = {"models": s.modelsHostPath or cfg.physical("models"), "path": s.modelPath}
+        digest = pulumi.Output.unsecret(pulumi.Output.all(self.image_ref, env).apply(
+            lambda parts: _digest([parts, plain, mounts, cfg.stack])))
+        return docker.Container(
+            resource_name,
+            name=pulumi.Output.concat(alias, "-", digest),
+            image=self.image_ref,
+            envs=env,
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.app.name, aliases=[alias]),
+                               docker.ContainerNetworksAdvancedArgs(name=networks.data.name, aliases=[alias])],
+            volumes=[models_mount],
+            labels=labels(cfg, "service") + [docker.ContainerLabelArgs(label="com.prediction.instance", value=alias)],
+            **{**plain, "healthcheck": docker.ContainerHealthcheckArgs(**plain["healthcheck"])},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+
+def labels(cfg: PlatformConfig, component: str) -> list[docker.ContainerLabelArgs]:
+    return [docker.ContainerLabelArgs(label="com.prediction.stack", value=cfg.stack),
+            docker.ContainerLabelArgs(label="com.prediction.component", value=component)]
+
+
+def _digest(parts: list) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _secret_or_generated(value: pulumi.Output[str] | None, resource_name: str,
+                         opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+    if value is not None:
+        return pulumi.Output.secret(value)
+    return pulumi.Output.secret(random.RandomPassword(resource_name, length=48, special=False, opts=opts).result)
 
 
 def _after_migration(app_url: str, exit_code: int | None, container: str) -> str:

@@ -40,3 +40,12 @@ def render(template: Path, **variables: object) -> str:
         return env.get_template(template.name).render(**variables)
     except jinja2.TemplateError as exc:
         raise TemplateError(f"rendering {template.relative_to(REPO_ROOT)} failed: {exc}") from exc
+
+
+def role_defaults(role: str) -> dict:
+    """The plain values of roles/<role>/defaults/main.yml (those without a Jinja expression), so a
+    name the role and the program both use is written once, in the role."""
+    import yaml
+
+    data = yaml.safe_load((REPO_ROOT / "roles" / role / "defaults/main.yml").read_text()) or {}
+    return {k: v for k, v in data.items() if not (isinstance(v, str) and "{{" in v)}

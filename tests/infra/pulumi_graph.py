@@ -83,6 +83,7 @@ class Resource:
     custom: bool
     inputs: dict  # raw, secrets wrapped as {"__secret__": ...}
     outputs: dict  # what the provider would add (tests/infra/provider_outputs.py)
+    options: dict  # deleteBeforeReplace, protect
 
     def get(self, key, default=None):
         """Input ``key`` with secret wrappers removed."""
@@ -107,7 +108,7 @@ class Resource:
 class Graph:
     def __init__(self, data: dict):
         self.stack = data["stack"]
-        self.resources = [Resource(r["type"], r["name"], r["custom"], r["inputs"], r["outputs"]) for r in data["resources"]]
+        self.resources = [Resource(r["type"], r["name"], r["custom"], r["inputs"], r["outputs"], r.get("options", {})) for r in data["resources"]]
         self.urns = data["urns"]
         self.exports = data["exports"]
         self.logs = data["logs"]

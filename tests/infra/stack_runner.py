@@ -102,6 +102,20 @@ class Recorder(pulumi.runtime.Mocks):
         return {}
 
 
+class OptionsMonitor(MockMonitor):
+    """The mock engine, also noting each resource's options the engine acts on (the mocks' own
+    arguments do not carry them): how a replacement is ordered, and protection."""
+
+    def __init__(self, mocks: Recorder):
+        super().__init__(mocks)
+        self.options: dict[str, dict] = {}
+
+    def RegisterResource(self, request):
+        self.options[request.name] = {"deleteBeforeReplace": bool(request.deleteBeforeReplace),
+                                      "protect": bool(request.protect)}
+        return super().RegisterResource(request)
+
+
 class LogCollector(logging.Handler):
     def __init__(self):
         super().__init__()
@@ -119,7 +133,7 @@ def main(stack: str, out: str, overrides: dict) -> None:
     pulumi.runtime.set_all_config(config, secret_keys)
 
     recorder = Recorder()
-    monitor = MockMonitor(recorder)
+    monitor = OptionsMonitor(recorder)
     logs = LogCollector()
     logger = logging.getLogger("pulumi-mock-engine")
     logger.addHandler(logs)
@@ -143,6 +157,8 @@ def main(stack: str, out: str, overrides: dict) -> None:
     run()
 
     urns = list(monitor.resources)
+    for r in recorder.resources:
+        r["options"] = monitor.options.get(r["name"], {})
     Path(out).write_text(json.dumps({"stack": stack, "resources": recorder.resources, "urns": urns,
                                      "exports": exports, "logs": logs.records}, indent=1))
 

@@ -19,8 +19,10 @@ from pulumi_graph import (CONTAINER, IMAGE, NETWORK, REMOTE_IMAGE, ROOT, STACKS,
 EXPECTED_REPLICAS = {"dev": 1, "staging": 2, "prod": 3}
 SERVICE_PORT = 8000
 DATA_CONTAINERS = ("database-container", "cache-container")
-APP_ONLY_CONTAINERS = ("gateway-container", "monitoring-prometheus", "monitoring-grafana")
+APP_ONLY_CONTAINERS = ("gateway-container", "monitoring-prometheus", "monitoring-grafana",
+                       "monitoring-node-exporter")
 COMPONENT_TYPES = {
+    "ops": "prediction:ops:Operations",
     "network": "prediction:network:Networks",
     "database": "prediction:database:Database",
     "cache": "prediction:cache:Cache",
@@ -42,6 +44,12 @@ def stack(request, tmp_path_factory) -> tuple[str, Graph, dict]:
 
 def prefix(graph: Graph, cfg: dict) -> str:
     return cfg.get("namePrefix", f"prediction-{graph.stack}")
+
+
+def alias(replica) -> str:
+    """The stable name a replica answers on (gateway upstreams, Prometheus targets, instance label)."""
+    [name] = {a for n in replica.get("networksAdvanced") for a in n.get("aliases", [])}
+    return name
 
 
 # --- structure --------------------------------------------------------------------------------------------
@@ -75,12 +83,19 @@ def test_resource_counts_follow_replicas(stack):
     replicas = cfg["service"]["replicas"]
     assert replicas == EXPECTED_REPLICAS[name], f"Pulumi.{name}.yaml should run {EXPECTED_REPLICAS[name]} replicas"
     assert len(graph.replicas()) == replicas
-    # database, cache, gateway, prometheus, grafana, the migrate job + the replicas
-    assert len(graph.of_type(CONTAINER)) == 6 + replicas
+    # database, cache, gateway, prometheus, node-exporter, grafana, ops, the migrate job + the replicas
+    assert len(graph.of_type(CONTAINER)) == 8 + replicas
     assert len(graph.of_type(NETWORK)) == 2
-    assert len(graph.of_type(IMAGE)) == 1, "one service image, shared by every replica"
-    assert [r.get("name") for r in graph.replicas()] == [f"{prefix(graph, cfg)}-service-{i}"
-                                                         for i in range(1, replicas + 1)]
+    # one service image shared by every replica (and the migrate job), and the ops toolbox's stage of it
+    assert sorted(i.get("build").get("target") or "service" for i in graph.of_type(IMAGE)) == ["ops", "service"]
+    aliases = [f"{prefix(graph, cfg)}-service-{i}" for i in range(1, replicas + 1)]
+    assert [alias(r) for r in graph.replicas()] == aliases
+    # Each container name carries a digest of its inputs, so a changed replica is a new name and is
+    # replaced create-before-delete (no delete_before_replace): the new one runs before the old stops.
+    for r, a in zip(graph.replicas(), aliases):
+        assert re.fullmatch(re.escape(a) + r"-[0-9a-f]{10}", r.get("name")), r.get("name")
+        assert r.options["deleteBeforeReplace"] is False
+        assert r.get("hostname") == a and r.env()["PREDICTION_INSTANCE"] == a
 
 
 # --- images -----------------------------------------------------------------------------------------------
@@ -106,7 +121,7 @@ def test_images_and_tags_come_from_the_stack_file(stack):
 
 def test_service_image_is_built_locally_from_the_service_dockerfile(stack):
     _, graph, _ = stack
-    image = graph.of_type(IMAGE)[0]
+    [image] = [i for i in graph.of_type(IMAGE) if not i.get("build").get("target")]
     build = image.get("build")
     infra = ROOT / "infra"
     assert (infra / build["context"]).resolve() == ROOT / "service"
@@ -260,7 +275,7 @@ def test_service_env_points_at_database_and_cache_containers(stack):
         assert urllib.parse.unquote(url.password) == app_password != db.env()["POSTGRES_PASSWORD"]
         redis = urllib.parse.urlsplit(env["PREDICTION_REDIS_URL"])
         assert (redis.scheme, redis.hostname, redis.port, redis.path) == ("redis", cache.get("name"), 6379, "/0")
-        assert env["PREDICTION_INSTANCE"] == replica.get("name")
+        assert env["PREDICTION_INSTANCE"] == alias(replica)
         assert env["PREDICTION_PORT"] == str(SERVICE_PORT)
         assert env["PREDICTION_API_KEY"] and env["PREDICTION_JWT_SECRET"]
         assert env["PREDICTION_MODEL_PATH"] in [v["containerPath"] for v in replica.get("volumes")]
@@ -278,7 +293,9 @@ def test_nginx_upstream_lists_exactly_the_replicas(stack):
     conf = nginx_conf(graph)
     upstream = re.search(r"upstream prediction_backend \{(.*?)\}", conf, re.S).group(1)
     servers = re.findall(r"^\s*server\s+(\S+)", upstream, re.M)
-    assert servers == [f"{r.get('name')}:{SERVICE_PORT}" for r in graph.replicas()]
+    assert servers == [f"{alias(r)}:{SERVICE_PORT}" for r in graph.replicas()]
+    # Re-resolved through Docker's DNS, so a replaced replica (new container, new address) is followed.
+    assert re.search(r"^\s*resolver 127\.0\.0\.11 ", conf, re.M) and "resolve;" in upstream
     assert re.search(r"^\s*keepalive \d+;", upstream, re.M)
 
 
@@ -311,7 +328,9 @@ def test_prometheus_scrapes_exactly_the_replicas_and_loads_the_rules(stack):
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "prediction_service")
     assert job.get("metrics_path", "/metrics") == "/metrics"
     scraped = [(sc["targets"], sc["labels"]["instance"]) for sc in job["static_configs"]]
-    assert scraped == [([f"{r.get('name')}:{SERVICE_PORT}"], r.get("name")) for r in graph.replicas()]
+    assert scraped == [([f"{alias(r)}:{SERVICE_PORT}"], alias(r)) for r in graph.replicas()]
+    node = next(j for j in config["scrape_configs"] if j["job_name"] == "node")
+    assert node["static_configs"][0]["targets"][0] == f"{graph.container('monitoring-node-exporter').get('name')}:9100"
     assert config["global"]["external_labels"] == {"environment": name}
     rules = sorted((ROOT / "dashboards/alerts").glob("*.rules.yml"))
     assert config["rule_files"] == [f"/etc/prometheus/rules/{r.name}" for r in rules]
@@ -322,14 +341,16 @@ def test_prometheus_scrapes_exactly_the_replicas_and_loads_the_rules(stack):
 def test_grafana_provisioning_from_the_ops_templates(stack):
     _, graph, _ = stack
     grafana = graph.container("monitoring-grafana")
-    datasource = yaml.safe_load(grafana.upload("/etc/grafana/provisioning/datasources/prediction.yml"))
+    datasource = yaml.safe_load(grafana.upload("/etc/grafana/provisioning/datasources/prediction-service.yml"))
     ds = datasource["datasources"][0]
     assert ds["type"] == "prometheus"
     assert ds["url"] == f"http://{graph.container('monitoring-prometheus').get('name')}:9090"
-    providers = yaml.safe_load(grafana.upload("/etc/grafana/provisioning/dashboards/prediction.yml"))["providers"]
+    providers = yaml.safe_load(grafana.upload("/etc/grafana/provisioning/dashboards/prediction-service.yml"))["providers"]
     assert providers[0]["options"]["path"] == "/etc/grafana/dashboards"
+    assert providers[0]["options"]["foldersFromFilesStructure"] is True
+    # The role's folder and file names (playbooks/grafana.yml writes the very same files).
     for dashboard in sorted((ROOT / "dashboards/grafana").glob("*.json")):
-        assert grafana.upload(f"/etc/grafana/dashboards/{dashboard.name}") == dashboard.read_text()
+        assert grafana.upload(f"/etc/grafana/dashboards/Prediction Service/{dashboard.name}") == dashboard.read_text()
 
 
 # --- secrets ----------------------------------------------------------------------------------------------
@@ -405,7 +426,8 @@ def test_stack_outputs(stack):
     port = cfg["gateway"]["httpsPort"]
     url = graph.exports["url"]["value"]
     assert url == f"https://{cfg['gateway']['serverName']}{'' if port == 443 else f':{port}'}/"
-    assert graph.exports["replica_names"]["value"] == [r.get("name") for r in graph.replicas()]
+    assert graph.exports["replica_names"]["value"] == [alias(r) for r in graph.replicas()]
+    assert graph.exports["ops_container"]["value"] == graph.container("ops-container").get("name")
     mon = cfg["monitoring"]
     assert graph.exports["prometheus_url"]["value"].endswith(f":{mon.get('prometheusHostPort', 9090)}")
     assert graph.exports["grafana_url"]["value"].endswith(f":{mon.get('grafanaHostPort', 3000)}")
