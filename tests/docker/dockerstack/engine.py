@@ -19,12 +19,13 @@ import socket
 import sys
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
 import docker.errors
-from docker.types import Healthcheck
+from docker.types import Healthcheck, Mount
 
 from .images import Images
 
@@ -43,7 +44,7 @@ COMPUTED = {"random:index/randomPassword:RandomPassword", "tls:index/privateKey:
 CONTAINER_INPUTS = {"name", "hostname", "image", "command", "entrypoint", "envs", "user", "workingDir", "labels",
                     "ports", "volumes", "uploads", "networksAdvanced", "healthcheck", "restart", "maxRetryCount",
                     "memory", "cpus", "stopTimeout", "stopSignal", "wait", "waitTimeout", "mustRun", "start",
-                    "attach", "logs",
+                    "attach", "logs", "mounts", "pidMode",
                     "init", "readOnly", "tmpfs", "capabilities"}
 
 
@@ -160,6 +161,60 @@ class Engine:
         deployment.seconds_to_healthy = time.monotonic() - started
         return deployment
 
+    def replace(self, old: list[dict], new: list[dict], deployment: Deployment) -> list[str]:
+        """Apply ``new`` (the program's resources after a config change) over ``old``, as `pulumi up`
+        does: images (re)built, new containers created, containers whose inputs changed replaced —
+        delete-before-replace when the program asks for it (fixed names, host ports), else
+        create-before-delete: the changed replicas are created side by side (Pulumi walks independent
+        resources in parallel), each waited on until healthy, and the old ones are deleted last.
+        Returns the logical names replaced."""
+        self._check_inputs(new)
+        for r in new:
+            if r["type"] == REMOTE_IMAGE:
+                self._remote_image(_reveal(r["inputs"]), r["outputs"], deployment)
+            elif r["type"] == IMAGE:
+                self._image(_reveal(r["inputs"]), r["outputs"], deployment)
+        before = {r["name"]: _reveal(r["inputs"]) for r in old if r["type"] == CONTAINER}
+        replaced, side_by_side = [], []
+        for r in new:
+            if r["type"] != CONTAINER:
+                continue
+            logical, inputs = r["name"], _reveal(r["inputs"])
+            if before.get(logical) == inputs:
+                continue
+            if logical in before:
+                replaced.append(logical)
+                if not r.get("options", {}).get("deleteBeforeReplace"):
+                    side_by_side.append((logical, inputs))
+                    continue
+                self._remove(deployment, logical)
+            self._container(logical, inputs, deployment)
+        retired = [deployment.containers.get(logical) or deployment.jobs[logical] for logical, _ in side_by_side]
+        with ThreadPoolExecutor(max_workers=max(1, len(side_by_side))) as pool:
+            # Each on a scratch record: the threads must not share one; the names are known anyway.
+            for future in [pool.submit(self._container, logical, inputs, Deployment())
+                           for logical, inputs in side_by_side]:
+                future.result()  # waited on until healthy (wait=true); raises what went wrong
+        for logical, inputs in side_by_side:
+            deployment.containers[logical] = inputs["name"]
+        for old_name in retired:
+            self._stop_and_remove(old_name)
+        return replaced
+
+    def _remove(self, deployment: Deployment, logical: str) -> None:
+        name = deployment.containers.pop(logical, None) or deployment.jobs.pop(logical, None)
+        if name:
+            self._stop_and_remove(name)
+
+    def _stop_and_remove(self, name: str) -> None:
+        """As the provider deletes a container: stop it (its stop timeout, so SIGTERM is handled), remove it."""
+        try:
+            c = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return
+        c.stop(timeout=c.attrs["Config"].get("StopTimeout") or 10)
+        c.remove(force=True)
+
     def recreate(self, resources: list[dict], logical: str, deployment: Deployment, on_removed=None) -> str:
         """Remove container ``logical`` and create it again from its recorded inputs (volumes kept),
         as `pulumi up` does when a container is replaced (``on_removed()`` runs in between).
@@ -236,12 +291,13 @@ class Engine:
 
     def _image(self, inputs: dict, outputs: dict, deployment: Deployment) -> None:
         build = inputs.get("build") or {}
-        unknown = sorted(set(build) - {"context", "dockerfile", "platform"})
+        unknown = sorted(set(build) - {"context", "dockerfile", "platform", "target"})
         if unknown:
             raise EngineError(f"image {inputs['imageName']}: build inputs {unknown} are not translated")
         context = (INFRA / build.get("context", ".")).resolve()
         dockerfile = (INFRA / build["dockerfile"]).resolve() if build.get("dockerfile") else context / "Dockerfile"
-        image_id = self.images.build_service(inputs["imageName"], context, dockerfile, build.get("platform"))
+        image_id = self.images.build_service(inputs["imageName"], context, dockerfile, build.get("platform"),
+                                             build.get("target"))
         deployment.images[inputs["imageName"]] = image_id
         self.by_output[outputs["repoDigest"]] = image_id
 
@@ -327,6 +383,13 @@ class Engine:
                 raise EngineError(f"container {name}: volume inputs {unknown} are not translated")
             source = v.get("volumeName") or v.get("hostPath")
             binds[source] = {"bind": v["containerPath"], "mode": "ro" if v.get("readOnly") else "rw"}
+        mounts = []
+        for m in inputs.get("mounts", []):
+            unknown = sorted(set(m) - {"type", "source", "target", "readOnly", "bindOptions"})
+            if unknown or m.get("type") != "bind":
+                raise EngineError(f"container {name}: mount inputs {unknown or m.get('type')} are not translated")
+            mounts.append(Mount(m["target"], m["source"], type="bind", read_only=bool(m.get("readOnly")),
+                                propagation=(m.get("bindOptions") or {}).get("propagation")))
         restart = inputs.get("restart", "no")
         policy = {"Name": restart} if restart != "no" else None
         if policy and restart == "on-failure":
@@ -337,6 +400,7 @@ class Engine:
             mem_limit=f"{int(inputs['memory'])}m" if inputs.get("memory") else None,
             nano_cpus=int(float(inputs["cpus"]) * 1e9) if inputs.get("cpus") else None,
             init=inputs.get("init"), read_only=inputs.get("readOnly"), tmpfs=inputs.get("tmpfs"),
+            mounts=mounts or None, pid_mode=inputs.get("pidMode"),
             cap_add=caps.get("adds"), cap_drop=caps.get("drops"))
         return config, list(bindings)
 
@@ -379,10 +443,8 @@ class Engine:
             container.reload()
             state = container.attrs["State"]
             health = (state.get("Health") or {}).get("Status")
-            if health is None:
-                raise EngineError(f"container {name} has wait=true but no healthcheck")
-            if health == "healthy":
-                return time.monotonic() - started
+            if health == "healthy" or (health is None and state["Status"] == "running"):
+                return time.monotonic() - started  # no healthcheck: running is all it can say
             if state["Status"] in ("exited", "dead") and state.get("Restarting") is False \
                     and container.attrs["HostConfig"]["RestartPolicy"].get("Name") in ("", "no"):
                 break

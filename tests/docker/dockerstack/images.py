@@ -53,6 +53,7 @@ RECIPES: dict[str, Recipe] = {
     "redis": Recipe("redis", ("7.4.1",)),
     "nginx": Recipe("nginx", ("1.27.3",), sources=("nginx",)),
     "prom/prometheus": Recipe("prometheus", ("v2.55.1",)),
+    "prom/node-exporter": Recipe("node-exporter", ("v1.8.2",)),
 }
 NOT_BUILDABLE = {"grafana/grafana": "Grafana has no Debian package and no source archive here"}
 
@@ -186,7 +187,8 @@ class Images:
         return buf.getvalue()
 
     def _build(self, tag: str, buildargs: dict, labels: dict, *, context: bytes | None = None,
-               path: Path | None = None, dockerfile: str | None = None, platform: str | None = None) -> str:
+               path: Path | None = None, dockerfile: str | None = None, platform: str | None = None,
+               target: str | None = None) -> str:
         """Build from an in-memory tar ``context`` or a folder ``path`` (its .dockerignore applies)."""
         log(f"building {tag}")
         started = time.monotonic()
@@ -195,7 +197,7 @@ class Images:
         source = ({"fileobj": io.BytesIO(context), "custom_context": True} if context is not None
                   else {"path": str(path), "dockerfile": dockerfile})
         stream = self.client.api.build(**source, tag=tag, rm=True, forcerm=True, pull=False, buildargs=buildargs,
-                                       labels=labels, platform=platform, decode=True)
+                                       labels=labels, platform=platform, target=target, decode=True)
         for chunk in stream:
             if "stream" in chunk:
                 tail = (tail + chunk["stream"].splitlines())[-25:]
@@ -210,7 +212,8 @@ class Images:
         return image_id
 
     # -- the service image (docker.Image in infra/service.py) ----------------------------------
-    def build_service(self, tag: str, context_dir: Path, dockerfile: Path, platform: str | None) -> str:
+    def build_service(self, tag: str, context_dir: Path, dockerfile: Path, platform: str | None,
+                      target: str | None = None) -> str:
         """Build service/Dockerfile as the program asks, offline: Python packages come from a
         wheelhouse downloaded on this host (pip inside a container cannot reach an index here),
         chosen by the Dockerfile's build arguments."""
@@ -218,7 +221,8 @@ class Images:
         wheelhouse(context_dir / "requirements.txt")
         # Labels are inherited: the stand-in base's local-build mark must not describe this image.
         return self._build(tag, {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheelhouse"}, {LOCAL_BUILD: "", RECIPE: ""},
-                           path=context_dir, dockerfile=os.path.relpath(dockerfile, context_dir), platform=platform)
+                           path=context_dir, dockerfile=os.path.relpath(dockerfile, context_dir), platform=platform,
+                           target=target)
 
 
 def _from_image(dockerfile: Path) -> str:

@@ -119,6 +119,37 @@ def up(stack: str, *, prefix: str | None = None, ports: str = "exact", var_dir: 
     return run
 
 
+def kept_secrets(graph: Graph) -> dict[str, str]:
+    """The secrets a deployed stack holds, as the config keys they came from: Pulumi keeps
+    generated ones in its state, so a later `pulumi up` reuses them instead of generating anew."""
+    exports = {k: v["value"] for k, v in graph.exports.items()}
+    gateway = graph.container("gateway-container")
+    replica = graph.replicas()[0].env()
+    return {"dbPassword": exports["db_password"], "apiKey": exports["api_key"],
+            "grafanaAdminPassword": exports["grafana_admin_password"], "jwtSecret": replica["PREDICTION_JWT_SECRET"],
+            "appDbPassword": graph.container("service-migrate").env()["PREDICTION_APP_DB_PASSWORD"],
+            "tlsCert": gateway.upload("/etc/nginx/tls/server.crt"), "tlsKey": gateway.upload("/etc/nginx/tls/server.key")}
+
+
+def update(run: RunningStack, config: dict, var_dir: Path = VAR) -> list[str]:
+    """`pulumi config set` of ``config`` and `pulumi up` on a running stack: the program runs again
+    with the stack's secrets kept, and what changed is replaced as Pulumi orders it (engine.replace).
+    Returns the logical names of the replaced containers."""
+    with tempfile.TemporaryDirectory(prefix=f"stack-{run.stack}-") as work:
+        overrides = {"config": {"namePrefix": run.prefix, **config}, "secrets": kept_secrets(run.graph)}
+        try:
+            graph = run_stack(run.stack, Path(work), overrides)
+        except ProgramFailed as exc:
+            raise StackError(f"the Pulumi program rejects the change {config}: {str(exc).strip().splitlines()[-1]}") \
+                from None
+    client = engine_client()
+    replaced = Engine(client, Images(client)).replace(graph_resources(run.graph), graph_resources(graph),
+                                                      run.deployment)
+    run.graph = graph
+    write_state(run, var_dir)
+    return replaced
+
+
 def publish_models(stack: str, deployment: Deployment, client: docker.DockerClient) -> None:
     """Staging and prod mount an empty models volume: publish `make model`'s models into it with the
     ops playbook operators use (playbooks/models.yml), which rolls the replicas one by one."""
@@ -146,8 +177,8 @@ def playbook(stack: str, name: str, *args: str, prefix: str, env: dict | None = 
 
 
 def graph_resources(graph: Graph) -> list[dict]:
-    return [{"type": r.type, "name": r.name, "custom": r.custom, "inputs": r.inputs, "outputs": r.outputs}
-            for r in graph.resources]
+    return [{"type": r.type, "name": r.name, "custom": r.custom, "inputs": r.inputs, "outputs": r.outputs,
+             "options": r.options} for r in graph.resources]
 
 
 def down(stack: str, *, keep_volumes: bool = False, var_dir: Path = VAR) -> list[str]:
@@ -170,9 +201,9 @@ def write_state(run: RunningStack, var_dir: Path) -> dict[str, str]:
     secrets_dir = var_dir / f"stack-{run.stack}"
     secrets_dir.mkdir(mode=0o700, exist_ok=True)
     exports = {k: v["value"] for k, v in run.graph.exports.items()}
-    cert = next(r for r in run.graph.resources if r.type == "tls:index/selfSignedCert:SelfSignedCert")
+    # The certificate the gateway serves (self-signed by the stack, or given as tlsCert).
     ca = secrets_dir / "ca.pem"
-    ca.write_text(cert.outputs["certPem"])
+    ca.write_text(run.graph.container("gateway-container").upload("/etc/nginx/tls/server.crt"))
     https = run.host_port("gateway-container", "443/tcp")
     env = {
         "STACK": run.stack,
@@ -185,9 +216,10 @@ def write_state(run: RunningStack, var_dir: Path) -> dict[str, str]:
         "PROMETHEUS_URL": f"http://127.0.0.1:{run.host_port('monitoring-prometheus', '9090/tcp')}",
         "PREDICTION_API_KEY": exports["api_key"],
         "PREDICTION_DB_PASSWORD": exports["db_password"],
-        "PREDICTION_REPLICAS": " ".join(run.replicas()),
-        "PREDICTION_DB_CONTAINER": run.container("database-container"),
-        "PREDICTION_REDIS_CONTAINER": run.container("cache-container"),
+        # What the ops playbooks read (inventories/<stack>): the gateway the health check goes
+        # through, and the CA it trusts.
+        "PREDICTION_GATEWAY_URL": f"https://localhost:{https}",
+        "PREDICTION_GATEWAY_CA": str(ca),
     }
     env_file = var_dir / f"stack-{run.stack}.env"
     fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
