@@ -6,7 +6,9 @@
 --   * no percent sign anywhere (a driver given an empty parameter list would read it as a placeholder);
 --   * safe to apply twice (IF NOT EXISTS, CREATE OR REPLACE): the Python runner and the Ansible role
 --     apply only versions missing from schema_migrations, but plain psql -f does not look first;
---   * the file records itself in schema_migrations as its last statement.
+--   * the file records itself in schema_migrations as its last statement;
+--   * a down file that drops tables holding data says so in a `-- drops-data: table, table` line, so
+--     a rollback that would lose rows stops and asks for confirmation (roles/timescaledb_schema).
 
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version    integer     PRIMARY KEY,
