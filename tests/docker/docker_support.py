@@ -5,6 +5,7 @@ Not in conftest.py so test modules import it by a unique name (several conftest.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -136,5 +137,47 @@ class StackClient:
     def load(self, workers: int = 4) -> Load:
         return Load(self, workers)
 
-    def playbook(self, name: str, *args: str, env: dict | None = None, timeout: float = 900):
-        return playbook(self.stack, name, *args, prefix=self.prefix, env=env, timeout=timeout)
+    def playbook(self, name: str, *args: str, env: dict | None = None, timeout: float = 900) -> "Run":
+        """ansible-playbook -i inventories/<stack> as an operator runs it after `make stack-up`:
+        with the stack's env file exported (password, gateway, CA, prefix)."""
+        proc = playbook(self.stack, name, *args, prefix=self.prefix, timeout=timeout,
+                        env={**self.env, "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", **(env or {})})
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+@dataclass
+class Run:
+    """One ansible-playbook run, read from its JSON callback."""
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def doc(self) -> dict:
+        try:
+            return json.loads(self.stdout[self.stdout.index("{"):])
+        except ValueError:
+            return {}
+
+    @property
+    def changed(self) -> int:
+        return sum(s.get("changed", 0) for s in self.doc.get("stats", {}).values())
+
+    @property
+    def failures(self) -> list[str]:
+        msgs = []
+        for play in self.doc.get("plays", []):
+            for task in play.get("tasks", []):
+                for res in task.get("hosts", {}).values():
+                    if res.get("failed") or res.get("unreachable"):
+                        msgs.append(f"{task['task']['name']}: {res.get('msg', res)}")
+        return msgs
+
+    def messages(self) -> list[str]:
+        """Every task result's msg, in order (what an operator reads)."""
+        return [str(res.get("msg")) for play in self.doc.get("plays", []) for task in play.get("tasks", [])
+                for res in task.get("hosts", {}).values() if res.get("msg")]
+
+    def ok(self) -> "Run":
+        assert self.rc == 0, f"playbook failed ({self.rc}): {self.failures or self.stderr[-3000:] or self.stdout[-3000:]}"
+        return self

@@ -111,3 +111,24 @@ def test_redis_restart_keeps_predictions_flowing(prod):
     print(f"\n[drill] Redis restart under load: {len(load.results)} requests, {len(load.failed)} failed")
     assert not load.failed, load.failed[:5]
     wait_until(lambda: prod.exec("cache-container", "redis-cli", "ping").strip() == "PONG", 30, "Redis back")
+
+
+def test_every_replica_down_is_a_json_error_with_retry_after_then_service_resumes(prod):
+    replicas = [prod.container(f"service-{i}") for i in (1, 2, 3)]
+    for c in replicas:
+        c.stop(timeout=45)
+    try:
+        # nginx answers itself now: in the API's error shape, telling the client when to come back.
+        # (a list: a requests.Response with an error status is falsy)
+        [r] = wait_until(lambda: (r := prod.predict()).status_code in (502, 503, 504) and [r], 30,
+                         "the gateway to notice no replica is left")
+        body = r.json()
+        print(f"\n[drill] every replica stopped: {r.status_code} {body}")
+        assert r.headers["Content-Type"].startswith("application/json")
+        assert set(body["error"]) == {"code", "message"} and int(r.headers["Retry-After"]) > 0
+    finally:
+        for c in replicas:
+            c.start()
+    for c in replicas:
+        wait_until(lambda: (c.reload() or c.attrs["State"]["Health"]["Status"]) == "healthy", 90, f"{c.name} healthy")
+    wait_until(lambda: prod.predict().status_code == 200, 30, "predictions through the gateway again")

@@ -4,13 +4,17 @@ Not in conftest.py so test modules import it by a unique name (several conftest.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The parts a stack container plays (infra/: the com.prediction.component label of each container).
+CONTAINER_ROLES = ("gateway", "service", "database", "cache", "prometheus", "node-exporter", "ops")
 
 
 class ExpectedVars:
@@ -79,3 +83,51 @@ def run_ok(host, cmd: str, *args) -> str:
     result = host.run(cmd, *args)
     assert result.rc == 0, f"`{result.command}` exited {result.rc}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    uid: int
+    cmdline: str
+
+
+def processes(host) -> list[Process]:
+    """Every process the target shows, read from /proc: containers have no ps."""
+    out = run_ok(host, "for d in /proc/[0-9]*; do "
+                       "c=$(tr '\\0' ' ' < $d/cmdline 2>/dev/null) || continue; "
+                       "u=$(sed -n 's/^Uid:[[:space:]]*\\([0-9]*\\).*/\\1/p' $d/status 2>/dev/null) || continue; "
+                       "[ -n \"$c\" ] && echo \"${d#/proc/} $u $c\"; done; true")
+    result = []
+    for line in out.splitlines():
+        pid, uid, cmd = line.split(" ", 2)
+        result.append(Process(int(pid), int(uid), cmd.strip()))
+    return result
+
+
+def tcp_listeners(host) -> set[tuple[str, int]]:
+    """(address, port) of every listening TCP socket in the target's network namespace, from
+    /proc/net/tcp{,6}: containers have no ss."""
+    found = set()
+    for table, family in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6)):
+        text = host.run(f"cat {table}").stdout
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) < 4 or fields[3] != "0A":  # 0A: TCP_LISTEN
+                continue
+            addr_hex, port_hex = fields[1].split(":")
+            raw = bytes.fromhex(addr_hex)
+            # The kernel prints each 32-bit word in host (little-endian) order.
+            words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add((str(ipaddress.ip_address(words)) if family == 4 else str(ipaddress.IPv6Address(words)),
+                       int(port_hex, 16)))
+    return found
+
+
+def mount_options(host, path: str) -> list[str] | None:
+    """The options of the mount at ``path`` (from /proc/mounts), None when nothing is mounted there."""
+    for line in host.file("/proc/mounts").content_string.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == path:
+            return fields[3].split(",")
+    return None
