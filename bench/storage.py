@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "service"))
 from harness.postgres import start_postgres, timescaledb_missing  # noqa: E402
 from prediction_service.storage import apply_migrations  # noqa: E402
-from prediction_service.storage.batch import INSERT_SQL, Record, statement_params  # noqa: E402
+from prediction_service.storage.batch import INSERT_SQL, Record, batch_statement, encode_rows  # noqa: E402
 
 BATCH = 1000
 IRIS_LABELS = ("setosa", "versicolor", "virginica")
@@ -70,7 +70,7 @@ def realistic_records(n: int, day_start: datetime, rng: random.Random) -> list[t
     rows_by_instance: dict[str, list[Record]] = {f"prediction-service-{i}": [] for i in (1, 2, 3)}
     names = list(rows_by_instance)
     for s in seconds:
-        t = day_start + timedelta(seconds=s)
+        t = (day_start + timedelta(seconds=s)).timestamp()
         u = rng.random()
         if u < 0.9:
             version = "1" if u < 0.7 else "2"
@@ -96,11 +96,15 @@ def realistic_records(n: int, day_start: datetime, rng: random.Random) -> list[t
     return batches
 
 
-def write(conn, batches, sql: str = INSERT_SQL) -> None:
+def write(conn, batches, rows_only: bool = False) -> None:
+    """The writer's own statement per batch (``rows_only``: variant B, without the aggregates)."""
     with conn.cursor() as cur:
         for instance, rows in batches:
-            params, _ = statement_params(rows, instance)
-            cur.execute(sql, params)
+            encoded, _ = encode_rows(rows)
+            if rows_only:
+                cur.execute(INSERT_ROWS_SQL, {"instance": instance, "rows": encoded.decode()})
+            else:
+                cur.execute(batch_statement(encoded, instance))
 
 
 def measure_compression(server, rows: int, rng: random.Random, log) -> dict:
@@ -165,13 +169,14 @@ def measure_write_path(server, rounds: int, batches_per_round: int, rng: random.
         t0 = start + timedelta(minutes=5 * r)
         # A day's traffic shape squeezed into 5 minutes (x288): ~100 rows/s, several rows per second
         # and model in each per-second group, like a busy writer's batches.
-        batches = [(i, [row._replace(time=t0 + (row.time - t0) / 288) for row in rows])
+        e0 = t0.timestamp()
+        batches = [(i, [row._replace(time=e0 + (row.time - e0) / 288) for row in rows])
                    for i, rows in realistic_records(per_round, t0, rng)]
         for variant in (("a", "b") if r % 2 else ("b", "a")):
             conn = conns[variant]
             shifted = batches
             cpu0 = _backend_cpu_s(conn)
-            write(conn, shifted, INSERT_SQL if variant == "a" else INSERT_ROWS_SQL)
+            write(conn, shifted, rows_only=variant == "b")
             cpu1 = _backend_cpu_s(conn)
             if variant == "b":
                 with conn.cursor() as cur:

@@ -10,9 +10,11 @@ from . import handlers
 from .auth import Authenticator
 from .cache import LocalCache, PredictionCache, RedisTier
 from .config import Settings, redact_url
+from .deadlines import Deadlines
 from .middleware import service_middleware
 from .models import ModelRegistry, load_models
 from .openapi import build_openapi
+from .repeats import Repeats
 from .state import STATE, ServiceState
 from .v2 import handlers as v2
 
@@ -73,10 +75,14 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> web
                           client_max_size=settings.max_body_bytes)
     documents = {via: json.dumps(build_openapi(registry, settings.max_batch, settings.max_body_bytes,
                                                gateway=via)).encode() for via in (False, True)}
+    local = LocalCache(settings.local_cache_size, settings.cache_ttl_seconds)
     app[STATE] = ServiceState(
         settings=settings, registry=registry, auth=Authenticator(settings.api_key, settings.jwt_secret),
-        cache=PredictionCache(LocalCache(settings.local_cache_size, settings.cache_ttl_seconds), None),
-        openapi_body=documents[False], openapi_gateway_body=documents[True])
+        cache=PredictionCache(local, None),
+        openapi_body=documents[False], openapi_gateway_body=documents[True],
+        deadlines=Deadlines(settings.request_timeout_seconds),
+        # As many as the in-process tier holds: an exact repeat is served while its results are cached.
+        repeats=Repeats(local, settings.local_cache_size))
     add_routes(app)
     app.cleanup_ctx.append(_external_clients)
     app.on_shutdown.append(_mark_shutting_down)

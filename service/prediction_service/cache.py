@@ -244,6 +244,11 @@ class PredictionCache:
         self.local = local
         self.shared = shared
 
+    @staticmethod
+    def key(model, row: list[float]) -> tuple:
+        """The in-process tier's key of ``row``'s result."""
+        return (model.name, model.version, tuple(row))
+
     async def lookup(self, model, rows: list[list[float]]) -> tuple[list, list[int]]:
         """Cached results for ``rows`` (None where missing) and the indexes still to compute."""
         name, version = model.name, model.version
@@ -251,7 +256,7 @@ class PredictionCache:
         missing: list[int] = []
         local = self.local
         for i, row in enumerate(rows):
-            hit = local.get((name, version, tuple(row)))
+            hit = local.get((name, version, tuple(row)))  # key() inlined: once per instance
             if hit is None:
                 missing.append(i)
             else:
@@ -281,7 +286,7 @@ class PredictionCache:
 
     def store(self, model, row: list[float], value: dict) -> None:
         """Remember a freshly computed result in both tiers (Redis in the background)."""
-        self.local.put((model.name, model.version, tuple(row)), value)
+        self.local.put(self.key(model, row), value)
         if self.shared is not None and model.shared_cache:
             self.shared.put(redis_key(model.name, model.version, row), orjson.dumps(value))
 

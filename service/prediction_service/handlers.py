@@ -10,7 +10,8 @@ import orjson
 from aiohttp import hdrs, web
 
 from . import metrics
-from .prediction import find_model, log_predictions, predict_rows, read_body, request_id
+from .prediction import find_model, log_predictions, log_repeat, predict_rows, read_body, request_id
+from .repeats import Answer
 from .state import STATE
 from .validation import feature_row, instances_of, parse_json
 
@@ -73,6 +74,9 @@ async def list_models(request: web.Request) -> web.Response:
     return _json({"models": request.app[STATE].registry.describe()})
 
 
+API = "v1"  # the requests this module answers, as the remembered answers name them (repeats.py)
+
+
 async def predict(request: web.Request) -> web.Response:
     """POST /api/v1/models/{name}/predict — see validation.py for the accepted body."""
     start = time.perf_counter()
@@ -80,22 +84,42 @@ async def predict(request: web.Request) -> web.Response:
     settings = state.settings
     model = find_model(state, request.match_info["name"], request.query.get("version"))
     body = await read_body(request, settings.max_body_bytes)
+    repeat = state.repeats.get(API, model, body)
+    if repeat is not None:  # the same request again, every instance still cached: as the last time
+        model.local_hits.inc(len(repeat.cached))
+        rid = request_id(request)
+        if state.writer is not None:
+            log_repeat(state.writer, model, rid, repeat, start)
+        return _response(repeat.answer, rid)
+
     instances = instances_of(parse_json(body), settings.max_batch)
     rows = [feature_row(inst, model, i) for i, inst in enumerate(instances)]
     results, missing = await predict_rows(state, model, rows)
     hits = len(rows) - len(missing)
-
     rid = request_id(request)
+    answer = _answer(model, results, hits)
+    if not missing:
+        key = state.cache.key
+        state.repeats.remember(API, model, body, None, tuple((key(model, row), r) for row, r in zip(rows, results)),
+                               answer, instances, state.writer)
+    if state.writer is not None:
+        log_predictions(state.writer, model, rid, instances, results, missing, start)
+    return _response(answer, rid)
+
+
+def _answer(model, results: list[dict], hits: int) -> Answer:
+    """``{"model", "version", "predictions", ["probabilities",] "cached", "cache_hits", "request_id"}``."""
     if model.kind == "classifier":
         out = {"model": model.name, "version": model.version,
                "predictions": [r["label"] for r in results],
                "probabilities": [r["probabilities"] for r in results]}
     else:
         out = {"model": model.name, "version": model.version, "predictions": [r["value"] for r in results]}
-    out["cached"] = hits == len(rows)
+    out["cached"] = hits == len(results)
     out["cache_hits"] = hits
-    out["request_id"] = rid
-    if state.writer is not None:
-        log_predictions(state.writer, model, rid, instances, results, missing, start)
     # orjson: several times faster than json.dumps; every value here is a plain str/float/int/dict.
-    return web.Response(body=orjson.dumps(out), headers={hdrs.CONTENT_TYPE: _JSON, "X-Request-ID": rid})
+    return Answer(orjson.dumps(out)[:-1] + b',"request_id":', None, b"}")
+
+
+def _response(answer: Answer, rid: str) -> web.Response:
+    return web.Response(body=answer.render(rid)[0], headers={hdrs.CONTENT_TYPE: _JSON, "X-Request-ID": rid})

@@ -11,6 +11,7 @@ import platform
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from . import __version__
+from .loop_metrics import LoopCounter, LoopHistogram
 
 NS = "prediction_service"
 
@@ -20,11 +21,12 @@ REQUEST_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02
 INFERENCE_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                      0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
+# Updated on every request (and read) only on the event loop's thread: lock-free (loop_metrics.py).
 # api: "v1" (/api/v1), "v2" (the Open Inference Protocol's /v2) or "none" (probes, documents).
-requests_total = Counter(
+requests_total = LoopCounter(
     f"{NS}_requests_total", "HTTP requests answered, by route template, method, status code and API.",
     ["endpoint", "method", "status", "api"])
-request_duration_seconds = Histogram(
+request_duration_seconds = LoopHistogram(
     f"{NS}_request_duration_seconds", "Time from request received to response ready, in seconds.",
     ["endpoint", "method", "api"], buckets=REQUEST_BUCKETS)
 requests_in_progress = Gauge(
@@ -33,10 +35,10 @@ requests_rejected_total = Counter(
     f"{NS}_requests_rejected_total", "API requests refused to protect the service (overload or timeout).",
     ["reason"])
 
-cache_hits_total = Counter(
+cache_hits_total = LoopCounter(
     f"{NS}_cache_hits_total", "Predictions served from the cache, by model and tier (local or redis).",
     ["model", "tier"])
-cache_misses_total = Counter(
+cache_misses_total = LoopCounter(
     f"{NS}_cache_misses_total", "Predictions not found in either cache tier (computed by the model).",
     ["model"])
 cache_errors_total = Counter(

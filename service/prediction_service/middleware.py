@@ -60,76 +60,74 @@ _rejected_overload = metrics.requests_rejected_total.labels("overload")
 _rejected_timeout = metrics.requests_rejected_total.labels("timeout")
 
 
-def _expire(task: asyncio.Task, fired: list) -> None:
-    fired.append(True)
-    task.cancel()
-
-
-async def _guarded(request: web.Request, handler, state) -> web.StreamResponse:
-    """Overload limit, auth and the per-request timeout around an ``/api/v1/*`` handler."""
-    global _in_progress
-    settings = state.settings
-    if state.in_flight >= settings.max_in_flight:
-        _rejected_overload.inc()
-        raise ApiError(503, "overloaded",
-                       f"too many requests in flight (limit {settings.max_in_flight}); retry shortly",
-                       headers={"Retry-After": RETRY_AFTER_SECONDS})
-    state.in_flight += 1
-    _in_progress += 1
-    try:
-        state.auth.check(request.headers)
-        # The timeout as one timer that cancels this task, instead of asyncio.timeout(): that
-        # context manager costs several times more per request (enter, exit, state checks).
-        # Same semantics: our cancel is told apart from anyone else's by `fired` + uncancel().
-        task = asyncio.current_task()  # the handler's own task (request.task is the connection's)
-        loop = asyncio.get_running_loop()
-        fired: list = []
-        cancelling = task.cancelling()
-        timer = loop.call_at(loop.time() + settings.request_timeout_seconds, _expire, task, fired)
-        try:
-            return await handler(request)
-        except asyncio.CancelledError:
-            if not fired:
-                raise  # not our timeout
-            fired.clear()
-            if task.uncancel() > cancelling:
-                raise  # someone else cancelled this task too: let that through
-            _rejected_timeout.inc()
-            if not request.content.is_eof() and state.shutting_down:  # we stopped reading, not the client
-                raise ApiError(503, "shutting_down", "this instance is shutting down; retry the request",
-                               headers={"Retry-After": RETRY_AFTER_SECONDS}) from None
-            if not request.content.is_eof():  # the body was still arriving
-                raise ApiError(408, "request_timeout",
-                               f"the request body did not arrive within {settings.request_timeout_seconds:g}s") from None
-            raise ApiError(503, "timeout",
-                           f"the request took longer than {settings.request_timeout_seconds:g}s; retry later",
-                           headers={"Retry-After": RETRY_AFTER_SECONDS}) from None
-        finally:
-            timer.cancel()
-            if fired:  # expired, but the handler swallowed our cancel: withdraw it (as asyncio.timeout does)
-                task.uncancel()
-    finally:
-        state.in_flight -= 1
-        _in_progress -= 1
-
-
 @web.middleware
 async def service_middleware(request: web.Request, handler) -> web.StreamResponse:
+    global _in_progress
     start = time.perf_counter()
     status = 500  # what is counted if the request dies of something else (e.g. cancellation)
+    endpoint = _endpoint(request)
     try:
         try:
             path = request.path
-            if path.startswith(API_PREFIX) or ((path.startswith(V2_PREFIX) or path == V2_ROOT)
-                                               and _endpoint(request) not in V2_PUBLIC_ROUTES):
-                response = await _guarded(request, handler, request.app[STATE])
-            else:
+            if not (path.startswith(API_PREFIX) or ((path.startswith(V2_PREFIX) or path == V2_ROOT)
+                                                    and endpoint not in V2_PUBLIC_ROUTES)):
                 response = await handler(request)
+            else:
+                # The guard: overload limit, auth and the per-request timeout. Inline rather than a
+                # coroutine of its own, which would cost a frame per request.
+                state = request.app[STATE]
+                settings = state.settings
+                if state.in_flight >= settings.max_in_flight:
+                    _rejected_overload.inc()
+                    raise ApiError(503, "overloaded",
+                                   f"too many requests in flight (limit {settings.max_in_flight}); retry shortly",
+                                   headers={"Retry-After": RETRY_AFTER_SECONDS})
+                state.in_flight += 1
+                _in_progress += 1
+                try:
+                    state.auth.check(request.headers)
+                    # The timeout cancels this task (request.task is the connection's): one shared
+                    # timer (deadlines.py); our cancel is told from anyone else's by `fired` + uncancel().
+                    task = asyncio.current_task()
+                    deadlines = state.deadlines
+                    cancelling = task.cancelling()
+                    deadlines.add(task)
+                    try:
+                        response = await handler(request)
+                    except asyncio.CancelledError:
+                        if task not in deadlines.fired:
+                            raise  # not our timeout
+                        deadlines.fired.discard(task)
+                        if task.uncancel() > cancelling:
+                            raise  # someone else cancelled this task too: let that through
+                        raise _timed_out(request, state) from None
+                    finally:
+                        deadlines.remove(task)
+                        if deadlines.fired and task in deadlines.fired:
+                            # expired, but the handler swallowed our cancel: withdraw it (as asyncio.timeout does)
+                            deadlines.fired.discard(task)
+                            task.uncancel()
+                finally:
+                    state.in_flight -= 1
+                    _in_progress -= 1
         except Exception as exc:  # noqa: BLE001 — every error leaves as JSON (errors.handle_exception)
             response = handle_exception(request, exc)
         status = response.status
         return response
     finally:
-        counter, histogram = _metric_children(_endpoint(request), request.method, status)
+        counter, histogram = _metric_children(endpoint, request.method, status)
         counter.inc()
         histogram.observe(time.perf_counter() - start)
+
+
+def _timed_out(request: web.Request, state) -> ApiError:
+    """The answer to a request whose time ran out: 408 while its body was still arriving, else 503."""
+    _rejected_timeout.inc()
+    timeout = state.settings.request_timeout_seconds
+    if not request.content.is_eof() and state.shutting_down:  # we stopped reading, not the client
+        return ApiError(503, "shutting_down", "this instance is shutting down; retry the request",
+                        headers={"Retry-After": RETRY_AFTER_SECONDS})
+    if not request.content.is_eof():  # the body was still arriving
+        return ApiError(408, "request_timeout", f"the request body did not arrive within {timeout:g}s")
+    return ApiError(503, "timeout", f"the request took longer than {timeout:g}s; retry later",
+                    headers={"Retry-After": RETRY_AFTER_SECONDS})

@@ -5,15 +5,15 @@ whichever protocol carried the request.
 from __future__ import annotations
 
 import asyncio
-import os
+import random
 import time
 import uuid
-from datetime import datetime, timezone
 
 from aiohttp import hdrs, web
 
 from .errors import ApiError
 from .models import Model, NonFiniteOutput
+from .repeats import Repeat
 from .state import ServiceState
 from .validation import check_content_type
 
@@ -82,6 +82,9 @@ async def predict_rows(state: ServiceState, model: Model, rows: list[list[float]
     return results, missing
 
 
+_ids = random.Random()
+
+
 def request_id(request: web.Request) -> str:
     """The client's X-Request-ID when it is a UUID, else a fresh random id."""
     supplied = request.headers.get("X-Request-ID")
@@ -90,15 +93,16 @@ def request_id(request: web.Request) -> str:
             return str(uuid.UUID(supplied))  # only well-formed UUIDs are trusted into the log table
         except ValueError:
             pass
-    # 128 random bits as hex: as unique as uuid4, a fraction of its cost on the hot path.
-    return os.urandom(16).hex()
+    # 128 random bits as hex: as unique as uuid4 (a correlation id, not a secret), without a system
+    # call per request: a generator seeded from the OS once per process.
+    return _ids.randbytes(16).hex()
 
 
 def log_predictions(writer, model: Model, request_id: str, inputs: list, results: list, missing: list[int],
                     start: float) -> None:
     """Queue one prediction-log row per instance (``inputs``: the instances as feature objects)."""
     latency_ms = (time.perf_counter() - start) * 1000.0
-    now = datetime.now(timezone.utc)
+    now = time.time()
     # Records, not dicts: the writer takes them as they are (no per-row conversion).
     record, model_name, model_version = writer.Record, model.name, model.version
     hits = len(results) - len(missing)
@@ -106,3 +110,12 @@ def log_predictions(writer, model: Model, request_id: str, inputs: list, results
     for i, (inst, value) in enumerate(zip(inputs, results)):
         writer.submit(record(now, model_name, model_version, request_id, inst, value, latency_ms,
                              bool(hits) and i not in missing_set))
+
+
+def log_repeat(writer, model: Model, request_id: str, repeat: Repeat, start: float) -> None:
+    """The rows :func:`log_predictions` queues for an answer served again (every instance a cache hit)."""
+    latency_ms = (time.perf_counter() - start) * 1000.0
+    now = time.time()
+    record, model_name, model_version = writer.Record, model.name, model.version
+    for inp, out in repeat.log:
+        writer.submit(record(now, model_name, model_version, request_id, inp, out, latency_ms, True))

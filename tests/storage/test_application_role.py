@@ -13,7 +13,7 @@ import pytest
 
 from harness.postgres import query
 from prediction_service.storage import rollback_migrations
-from prediction_service.storage.batch import INSERT_SQL, Record, statement_params, to_record
+from prediction_service.storage.batch import Record, batch_statement, encode_rows, to_record
 
 APP_PASSWORD = "app-role-test-password"
 SERVICE = str(Path(__file__).resolve().parents[2] / "service")
@@ -47,9 +47,9 @@ def _refused(dsn: str, sql: str) -> str:
 
 def test_the_service_role_writes_and_reads_prediction_rows(app_db):
     _, app = app_db
-    params, kept = statement_params([_record()], "instance-a")
+    rows, kept = encode_rows([_record()])
     assert kept
-    query(app, INSERT_SQL, params)
+    query(app, batch_statement(rows, "instance-a"))
     assert query(app, "SELECT count(*) FROM predictions")[0][0] == 1
     assert query(app, "SELECT sum(requests) FROM prediction_metrics")[0][0] >= 1
     # The fallback's routines create and drop partitions with their owner's rights.

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from prediction_service.storage import apply_migrations, rollback_migrations
-from prediction_service.storage.batch import INSERT_SQL, statement_params, to_record
+from prediction_service.storage.batch import batch_statement, encode_rows, to_record
 
 from harness.postgres import query
 
@@ -18,9 +18,9 @@ TABLES = ("predictions", "prediction_metrics")
 
 def write_batch(dsn: str, rows: list[dict], instance: str = "node-a") -> None:
     """The writer's own statement: the rows and their per-second aggregates, one batch."""
-    params, kept = statement_params([to_record(r) for r in rows], instance)
+    encoded, kept = encode_rows([to_record(r) for r in rows])
     assert len(kept) == len(rows)
-    query(dsn, INSERT_SQL, params)
+    query(dsn, batch_statement(encoded, instance))
 
 
 def rows_at(when: datetime, n: int = 3, model: str = "iris") -> list[dict]:

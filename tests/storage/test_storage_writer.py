@@ -88,7 +88,7 @@ async def test_aggregates_group_by_model_version_and_second_of_the_rows_own_time
     for x in (r(0, latency=1.0, hit=True), r(1, latency=3.0), r(2, latency=None),
               r(3, t=t0 + timedelta(seconds=1), latency=5.0), r(4, version="2", latency=7.0, hit=True)):
         writer.submit(x)
-    writer.submit(PredictionWriter.Record(t0, "iris", "2", "req-5", {"x": 5}, {"label": 1}, 9.0, False))
+    writer.submit(PredictionWriter.Record(t0.timestamp(), "iris", "2", "req-5", {"x": 5}, {"label": 1}, 9.0, False))
     await writer.start()
     await eventually(lambda: writer.rows_written == 6, "6 rows written")
     await writer.close()
@@ -214,6 +214,24 @@ async def test_bad_rows_never_raise_and_are_dropped_and_counted_alone(migrated_d
         ({"p": None}, None)]
     assert query(migrated_db, "SELECT time FROM predictions WHERE request_id = 'req-4'") == [
         (datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc),)]
+
+
+async def test_text_that_looks_like_sql_quoting_and_exact_times_arrive_unchanged(migrated_db):
+    """The batch travels as a dollar-quoted literal: quotes, backslashes and the quote tag itself
+    in any value must come back exactly, and so must each row's time to the microsecond."""
+    tricky = "it's \\ $r$ $r1$ $$ \"q\" ' nœud"
+    writer = PredictionWriter(migrated_db, instance=tricky, flush_interval=0.05, metrics=private_metrics())
+    t0 = datetime(2024, 5, 1, 12, 0, 0, 123_457, tzinfo=timezone.utc)
+    writer.submit({**row(0, when=t0), "request_id": tricky, "input": {tricky: tricky}})
+    writer.submit(PredictionWriter.Record((t0 + timedelta(microseconds=1)).timestamp(), "iris", "1", "req-1",
+                                          {"x": 1}, {"label": tricky}, 1.0, True))
+    await writer.start()
+    await eventually(lambda: writer.rows_written == 2, "2 rows written")
+    await writer.close()
+    got = query(migrated_db, "SELECT time, instance, request_id, input, output FROM predictions ORDER BY time")
+    assert got == [(t0, tricky, tricky, {tricky: tricky}, {"label": 0}),
+                   (t0 + timedelta(microseconds=1), tricky, "req-1", {"x": 1}, {"label": tricky})]
+    assert query(migrated_db, "SELECT DISTINCT instance FROM prediction_metrics") == [(tricky,)]
 
 
 @pytest.mark.parametrize("storage_mode", ["partitions"])  # hypertables: TimescaleDB's own chunks and jobs

@@ -26,7 +26,7 @@ import aiopg
 import psycopg2
 import psycopg2.errors
 
-from .batch import INSERT_SQL, Record, statement_params, to_record
+from .batch import Record, batch_statement, encode_rows, encoded, to_record
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,9 @@ class PredictionWriter:
     # The row type submit() also takes (already validated: no per-row conversion in the writer),
     # here so the request path need not import the storage package itself.
     Record = Record
+    # A value's JSON as the batch will hold it, encoded once: a Record may carry it instead of the
+    # value (an answer served again logs the same instances and results each time).
+    encoded = staticmethod(encoded)
 
     def __init__(self, dsn: str, instance: str, queue_max: int = 100_000, flush_interval: float = 0.5,
                  batch_max: int = 1000, retention_days: int = 30, metrics: Any = None, *,
@@ -311,7 +314,7 @@ class PredictionWriter:
         """Write ``records`` with one statement; return how many were written. A record that
         cannot be encoded at all is removed from ``records`` (so a retry does not count it twice)
         and counted as dropped."""
-        params, kept = statement_params(records, self.instance)
+        rows, kept = encode_rows(records)
         if len(kept) != len(records):
             log.warning("dropped %d prediction rows that cannot be encoded as JSON", len(records) - len(kept))
             self._drop(len(records) - len(kept))
@@ -322,7 +325,7 @@ class PredictionWriter:
             async with conn.cursor() as cur:
                 # aiopg connections are autocommit; the rows and their aggregates are one
                 # statement (a data-modifying CTE), so they commit together.
-                await cur.execute(INSERT_SQL, params, timeout=self.statement_timeout)
+                await cur.execute(batch_statement(rows, self.instance), timeout=self.statement_timeout)
         return len(kept)
 
     async def _maintain(self) -> None:

@@ -14,7 +14,8 @@ from aiohttp import hdrs, web
 
 from .. import __version__
 from ..models import Model
-from ..prediction import find_model, log_predictions, predict_rows, read_body, request_id
+from ..prediction import find_model, log_predictions, log_repeat, predict_rows, read_body, request_id
+from ..repeats import Answer
 from ..state import STATE
 from .tensors import BINARY_HEADER, encode_response, output_names, parse_request
 
@@ -77,6 +78,9 @@ async def model_ready(request: web.Request) -> web.Response:
     return _json({"name": model.name, "ready": True})
 
 
+API = "v2"  # the requests this module answers, as the remembered answers name them (repeats.py)
+
+
 async def infer(request: web.Request) -> web.Response:
     """POST /v2/models/{name}[/versions/{version}]/infer — see tensors.py for the accepted body."""
     start = time.perf_counter()
@@ -84,18 +88,36 @@ async def infer(request: web.Request) -> web.Response:
     settings = state.settings
     model = _model(request)
     body = await read_body(request, settings.max_body_bytes, BODY_TYPES)
-    inference = parse_request(body, request.headers.get(BINARY_HEADER), model, settings.max_batch)
+    header = request.headers.get(BINARY_HEADER)
+    repeat = state.repeats.get(API, model, body, header)
+    if repeat is not None:  # the same request again, every instance still cached: as the last time
+        model.local_hits.inc(len(repeat.cached))
+        rid = request_id(request)
+        if state.writer is not None:
+            log_repeat(state.writer, model, rid, repeat, start)
+        return _infer_response(repeat.answer, rid)
+
+    inference = parse_request(body, header, model, settings.max_batch)
     rows = inference.rows
     results, missing = await predict_rows(state, model, rows)
     rid = request_id(request)
-    out, json_length = encode_response(model, inference, results, rid if inference.id is None else inference.id,
-                                       len(rows) - len(missing))
+    answer = encode_response(model, inference, results, len(rows) - len(missing))
+    names = model.feature_index  # the same log rows as /api/v1: each instance as a feature object
+    instances = [dict(zip(names, row)) for row in rows]
+    if not missing:
+        key = state.cache.key
+        state.repeats.remember(API, model, body, header, tuple((key(model, row), r) for row, r in zip(rows, results)),
+                               answer, instances, state.writer)
     if state.writer is not None:
-        names = model.feature_index  # the same log rows as /api/v1: each instance as a feature object
-        log_predictions(state.writer, model, rid, [dict(zip(names, row)) for row in rows], results, missing, start)
+        log_predictions(state.writer, model, rid, instances, results, missing, start)
+    return _infer_response(answer, rid)
+
+
+def _infer_response(answer: Answer, rid: str) -> web.Response:
+    body, json_length = answer.render(rid)
     if json_length is None:
-        return web.Response(body=out, headers={hdrs.CONTENT_TYPE: _JSON, "X-Request-ID": rid})
-    return web.Response(body=out, headers={hdrs.CONTENT_TYPE: _BINARY, BINARY_HEADER: str(json_length),
+        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: _JSON, "X-Request-ID": rid})
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: _BINARY, BINARY_HEADER: str(json_length),
                                            "X-Request-ID": rid})
 
 

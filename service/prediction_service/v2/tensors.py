@@ -26,6 +26,7 @@ import orjson
 
 from ..errors import ApiError
 from ..models import Model
+from ..repeats import Answer
 from ..validation import check_row, parse_json
 
 DATATYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
@@ -273,9 +274,9 @@ def _output(model: Model, name: str, results: list[dict]) -> tuple[dict, list]:
     return {"name": name, "datatype": "FP32", "shape": [n]}, [r["value"] for r in results]
 
 
-def encode_response(model: Model, request: InferRequest, results: list[dict], response_id: str,
-                    cache_hits: int) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when binary outputs follow it (else None)."""
+def encode_response(model: Model, request: InferRequest, results: list[dict], cache_hits: int) -> Answer:
+    """The response, to be rendered with its id (the request's ``id``, else the request id); binary
+    output data follows the JSON when an output asks for it."""
     outputs, blobs = [], []
     for name, binary in request.outputs:
         tensor, data = _output(model, name, results)
@@ -286,8 +287,8 @@ def encode_response(model: Model, request: InferRequest, results: list[dict], re
         else:
             tensor["data"] = data
         outputs.append(tensor)
-    head = orjson.dumps({"model_name": model.name, "model_version": model.version, "id": response_id,
-                         "parameters": {"cache_hits": cache_hits}, "outputs": outputs})
-    if not blobs:
-        return head, None
-    return head + b"".join(blobs), len(head)
+    # {"model_name", "model_version", "id", "parameters", "outputs"}, cut around the id's value.
+    head = orjson.dumps({"model_name": model.name, "model_version": model.version})[:-1] + b',"id":'
+    tail = b"," + orjson.dumps({"parameters": {"cache_hits": cache_hits}, "outputs": outputs})[1:]
+    fixed_id = None if request.id is None else orjson.dumps(request.id)
+    return Answer(head, fixed_id, tail, b"".join(blobs) if blobs else None)
