@@ -5,7 +5,7 @@ whichever protocol carried the request.
 from __future__ import annotations
 
 import asyncio
-import random
+import os
 import time
 import uuid
 
@@ -82,9 +82,6 @@ async def predict_rows(state: ServiceState, model: Model, rows: list[list[float]
     return results, missing
 
 
-_ids = random.Random()
-
-
 def request_id(request: web.Request) -> str:
     """The client's X-Request-ID when it is a UUID, else a fresh random id."""
     supplied = request.headers.get("X-Request-ID")
@@ -93,9 +90,8 @@ def request_id(request: web.Request) -> str:
             return str(uuid.UUID(supplied))  # only well-formed UUIDs are trusted into the log table
         except ValueError:
             pass
-    # 128 random bits as hex: as unique as uuid4 (a correlation id, not a secret), without a system
-    # call per request: a generator seeded from the OS once per process.
-    return _ids.randbytes(16).hex()
+    # 128 random bits as hex: as unique as uuid4, a fraction of its cost on the hot path.
+    return os.urandom(16).hex()
 
 
 def log_predictions(writer, model: Model, request_id: str, inputs: list, results: list, missing: list[int],
