@@ -114,7 +114,8 @@ SERVICE_SCENARIOS = {
     "a": ("(a) baseline: bare aiohttp, same JSON parsed",
           "A bare aiohttp handler that parses the same JSON body and returns a constant: the framework ceiling."),
     "b": ("(b) predict, cache hit",
-          "The same instance on every request: after the first, answered from the in-process cache tier."),
+          "The same body on every request: after the first, answered from the in-process cache tier; "
+          "from the second on, as an exact repeat, from its remembered answer (repeats.py)."),
     "b-v2": ("(b-v2) V2 infer, cache hit",
              "The instance of (b) as an Open Inference Protocol request (one [1, n] FP32 JSON tensor) to "
              "/v2/models/<model>/infer: the same cache entry, so (b-v2)/(b) is the cost of the protocol."),

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from .cache import LocalCache
 from .models import Model
 
-# Bodies up to this size are remembered (a larger batch is rarely repeated byte for byte, and
-# would hold that much memory per entry).
-MAX_BODY_BYTES = 4096
+# Bodies up to this size are remembered (a 20-instance iris batch fits; a larger batch is rarely
+# repeated byte for byte). Bounds the memory: at most local_cache_size entries (10,000 by default:
+# ≤ 20 MiB of bodies, plus their answers).
+MAX_BODY_BYTES = 2048
 
 
 @dataclass(slots=True, frozen=True)
