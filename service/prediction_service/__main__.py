@@ -62,6 +62,11 @@ def serve() -> int:
     # scan only the objects created since (measured: GC CPU per request down several-fold).
     gc.collect()
     gc.freeze()
+    # Young-generation collections every 20,000 allocations instead of 700: at 700, a collection
+    # ran every few requests and found the in-flight requests' objects and the queued log rows
+    # still alive, scanning and promoting them again and again; most now die before one runs.
+    # Measured: cache hit +6%, cache miss +10% req/s (docs/performance.md, issue 13).
+    gc.set_threshold(20_000, 20, 20)
     # SIGTERM/SIGINT: run_app stops accepting, waits up to shutdown_timeout for in-flight requests,
     # then runs the cleanup context (which flushes the prediction writer).
     web.run_app(app, host=settings.host, port=settings.port, access_log=None,
