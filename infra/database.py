@@ -5,10 +5,10 @@ import urllib.parse
 
 import pulumi
 import pulumi_docker as docker
-import pulumi_random as random
 
 from config import PlatformConfig
 from network import Networks
+from passwords import secret_or_generated
 
 # The least-privilege role the service logs in as (created by migration 0005_application_role).
 APP_ROLE = "prediction_app"
@@ -29,8 +29,8 @@ class Database(pulumi.ComponentResource):
         child_opts = pulumi.ResourceOptions(parent=self)
         db = cfg.database
 
-        self.password = _secret_or_generated(cfg.secrets.dbPassword, f"{name}-password", child_opts)
-        self.app_password = _secret_or_generated(cfg.secrets.appDbPassword, f"{name}-app-password", child_opts)
+        self.password = secret_or_generated(cfg.secrets.dbPassword, f"{name}-password", 32, child_opts)
+        self.app_password = secret_or_generated(cfg.secrets.appDbPassword, f"{name}-app-password", 32, child_opts)
 
         image = docker.RemoteImage(f"{name}-image", name=f"{db.image}:{db.tag}", keep_locally=True,
                                    opts=child_opts)
@@ -89,11 +89,3 @@ class Database(pulumi.ComponentResource):
         quoted = password.apply(lambda pw: urllib.parse.quote(pw, safe=""))
         return pulumi.Output.secret(pulumi.Output.format(
             "postgresql://{0}:{1}@{2}:{3}/{4}", user, quoted, self.container_name, self.port, self.db_name))
-
-
-def _secret_or_generated(value: pulumi.Output[str] | None, resource_name: str,
-                         opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
-    if value is not None:
-        return pulumi.Output.secret(value)
-    # Alphanumeric only: the password is embedded in a postgresql:// URL.
-    return pulumi.Output.secret(random.RandomPassword(resource_name, length=32, special=False, opts=opts).result)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pulumi
 import pulumi_docker as docker
-import pulumi_random as random
 
 import templates
 from config import REPO_ROOT, PlatformConfig
 from network import Networks
+from passwords import secret_or_generated
 from service import PredictionService
 
 ALERT_RULES_DIR = REPO_ROOT / "dashboards/alerts"
@@ -67,8 +67,8 @@ class Monitoring(pulumi.ComponentResource):
         self.child_opts = pulumi.ResourceOptions(parent=self)
         self.node_exporter = self._node_exporter(networks)
         self.prometheus = self._prometheus(networks, service)
-        self.grafana_admin_password = _secret_or_generated(
-            cfg.secrets.grafanaAdminPassword, f"{name}-grafana-admin-password", self.child_opts)
+        self.grafana_admin_password = secret_or_generated(
+            cfg.secrets.grafanaAdminPassword, f"{name}-grafana-admin-password", 24, self.child_opts)
         self.grafana = self._grafana(networks)
 
         # Published on all interfaces, they are reached by the gateway's host name.
@@ -195,10 +195,3 @@ def grafana_files(cfg: PlatformConfig, prometheus_url: str) -> dict[str, str]:
     dashboards = f"{DASHBOARDS_IN_CONTAINER}/{folder}" if folder else DASHBOARDS_IN_CONTAINER
     files.update({f"{dashboards}/{p.name}": p.read_text() for p in dashboard_files()})
     return files
-
-
-def _secret_or_generated(value: pulumi.Output[str] | None, resource_name: str,
-                         opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
-    if value is not None:
-        return pulumi.Output.secret(value)
-    return pulumi.Output.secret(random.RandomPassword(resource_name, length=24, special=False, opts=opts).result)

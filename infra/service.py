@@ -7,12 +7,12 @@ import os
 
 import pulumi
 import pulumi_docker as docker
-import pulumi_random as random
 
 from cache import Cache
 from config import REPO_ROOT, PlatformConfig
 from database import APP_ROLE, Database
 from network import Networks
+from passwords import secret_or_generated
 
 SERVICE_DIR = REPO_ROOT / "service"
 DOCKERFILE = SERVICE_DIR / "Dockerfile"
@@ -50,8 +50,8 @@ class PredictionService(pulumi.ComponentResource):
         super().__init__("prediction:service:PredictionService", name, None, opts)
         child_opts = pulumi.ResourceOptions(parent=self)
         s = cfg.service
-        self.api_key = _secret_or_generated(cfg.secrets.apiKey, f"{name}-api-key", child_opts)
-        self.jwt_secret = _secret_or_generated(cfg.secrets.jwtSecret, f"{name}-jwt-secret", child_opts)
+        self.api_key = secret_or_generated(cfg.secrets.apiKey, f"{name}-api-key", 48, child_opts)
+        self.jwt_secret = secret_or_generated(cfg.secrets.jwtSecret, f"{name}-jwt-secret", 48, child_opts)
         self.image_ref = self._image(name, cfg, child_opts)
         self.models_volume, models_mount = self._models(name, cfg, child_opts)
         self.migrate = self._migrate_job(name, cfg, networks, database, child_opts)
@@ -167,13 +167,6 @@ def labels(cfg: PlatformConfig, component: str) -> list[docker.ContainerLabelArg
 
 def _digest(parts: list) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def _secret_or_generated(value: pulumi.Output[str] | None, resource_name: str,
-                         opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
-    if value is not None:
-        return pulumi.Output.secret(value)
-    return pulumi.Output.secret(random.RandomPassword(resource_name, length=48, special=False, opts=opts).result)
 
 
 def _after_migration(app_url: str, exit_code: int | None, container: str) -> str:

@@ -7,31 +7,15 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 
 import docker
-import pytest
 import requests
 
 from dockerstack.stack import RunningStack, engine_client, playbook
+from harness.waiting import wait_until
 
 IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    """Poll ``predicate()`` until truthy; fail naming ``what`` (and the last value) on timeout."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 — reported below if it never succeeds
-            last = exc
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 @dataclass

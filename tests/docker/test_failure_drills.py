@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from docker_support import wait_until
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from docker_support import IRIS, wait_until
+from harness.waiting import wait_until
+from docker_support import IRIS
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,8 @@ node-exporter, every dashboard panel's PromQL returns series once there is traff
 rule measures something that exists (the brief's monitoring checklist has data)."""
 import pytest
 
-from docker_support import IRIS, wait_until
+from harness.waiting import wait_until
+from docker_support import IRIS
 from harness.promql_sources import alert_rules, concrete, dashboard_panels, signal_of
 
 PANELS = dashboard_panels()

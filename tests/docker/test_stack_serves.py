@@ -4,7 +4,8 @@ scraped by its own Prometheus."""
 import pytest
 import requests
 
-from docker_support import IRIS, wait_until
+from harness.waiting import wait_until
+from docker_support import IRIS
 
 STACKS = ["dev", "prod"]
 # Stated bound: first container created -> every container healthy (measured ~40-70 s here).

@@ -8,15 +8,14 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import requests
 
 from harness.postgres import query as harness_query
+from harness.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -111,21 +110,6 @@ def port_free(port: int) -> bool:
             return True
         except OSError:
             return False
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    """Poll ``predicate()`` until it returns a truthy value; fail naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 — reported below if it never succeeds
-            last = exc
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def wait_instances_ready(env: LocalEnv, timeout: float = 60) -> None:

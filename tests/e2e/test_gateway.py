@@ -4,7 +4,7 @@ import uuid
 import pytest
 import requests
 
-from localenv_support import wait_until
+from harness.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

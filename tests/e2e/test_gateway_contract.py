@@ -6,7 +6,8 @@ import pytest
 from cryptography import x509
 
 from harness.gateway import check_own_errors, check_upstream_error, mozilla_intermediate_issues
-from localenv_support import wait_instances_ready, wait_until
+from harness.waiting import wait_until
+from localenv_support import wait_instances_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

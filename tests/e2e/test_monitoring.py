@@ -3,7 +3,7 @@ dashboard panels show data after traffic; no alert fires while the platform is h
 import pytest
 
 from harness.promql_sources import alert_rules, concrete, dashboard_panels
-from localenv_support import wait_until
+from harness.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from localenv_support import wait_until
+from harness.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

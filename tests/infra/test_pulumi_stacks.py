@@ -13,8 +13,8 @@ import urllib.parse
 import pytest
 import yaml
 
-from pulumi_graph import (CONTAINER, IMAGE, NETWORK, REMOTE_IMAGE, ROOT, STACKS, VOLUME, Graph, ProgramFailed,
-                          is_secret, plain_strings, reveal, run_stack, stack_file)
+from pulumi_graph import (CONTAINER, IMAGE, NETWORK, ROOT, STACKS, VOLUME, Graph, ProgramFailed, is_secret,
+                          plain_strings, run_stack, stack_file)
 
 EXPECTED_REPLICAS = {"dev": 1, "staging": 2, "prod": 3}
 SERVICE_PORT = 8000

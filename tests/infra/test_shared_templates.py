@@ -349,7 +349,7 @@ def test_prometheus_config_passes_promtool_with_the_rule_files(tmp_path):
     result = subprocess.run([PROMTOOL, "check", "config", str(conf)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     for rule in rules:
-        assert f"SUCCESS" in result.stdout and rule.name in result.stdout
+        assert "SUCCESS" in result.stdout and rule.name in result.stdout
     parsed = yaml.safe_load(conf.read_text())
     jobs = {j["job_name"]: j for j in parsed["scrape_configs"]}
     assert set(jobs) == {"prediction_service", "node", "prometheus"}

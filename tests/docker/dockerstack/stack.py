@@ -12,7 +12,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests/infra"))
 
 from pulumi_graph import STACKS, Graph, ProgramFailed, run_stack  # noqa: E402
 
-from .engine import CONTAINER, Deployment, Engine, EngineError  # noqa: E402
+from .engine import Deployment, Engine, EngineError  # noqa: E402
 from .images import ImageError, Images  # noqa: E402
 
 VAR = ROOT / "var"
