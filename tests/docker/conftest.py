@@ -24,6 +24,19 @@ from dockerstack import stack as harness  # noqa: E402
 from dockerstack.images import Images  # noqa: E402
 
 
+# Removes every stack started so far; called after the last Docker test, so the stacks do not keep
+# running (and scraping, and holding memory) through the rest of the session.
+_stop_stacks: list = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    here = Path(__file__).parent
+    if nextitem is None or here not in Path(str(nextitem.fspath)).parents:
+        while _stop_stacks:
+            _stop_stacks.pop()()
+
+
 def pytest_collection_modifyitems(items):
     here = Path(__file__).parent
     for item in items:
@@ -64,10 +77,15 @@ def stacks(docker_engine):
             running[stack] = StackClient(run)
         return running[stack]
 
+    def stop_all():
+        while running:
+            stack, _ = running.popitem()
+            harness.down(stack, var_dir=var_dir)
+        shutil.rmtree(var_dir, ignore_errors=True)
+
+    _stop_stacks.append(stop_all)
     yield get
-    for stack in running:
-        harness.down(stack, var_dir=var_dir)
-    shutil.rmtree(var_dir, ignore_errors=True)
+    stop_all()
 
 
 @pytest.fixture(scope="session")
