@@ -10,7 +10,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from . import metrics
-from .prediction import find_model, log_predictions, log_repeat, predict_rows, read_body, request_id
+from .prediction import find_model, predict_rows, read_body, record_answer, request_id, serve_repeat
 from .repeats import Answer
 from .state import STATE
 from .validation import feature_row, instances_of, parse_json
@@ -86,11 +86,7 @@ async def predict(request: web.Request) -> web.Response:
     body = await read_body(request, settings.max_body_bytes)
     repeat = state.repeats.get(API, model, body)
     if repeat is not None:  # the same request again, every instance still cached: as the last time
-        model.local_hits.inc(len(repeat.cached))
-        rid = request_id(request)
-        if state.writer is not None:
-            log_repeat(state.writer, model, rid, repeat, start)
-        return _response(repeat.answer, rid)
+        return _response(repeat.answer, serve_repeat(state, model, repeat, request, start))
 
     instances = instances_of(parse_json(body), settings.max_batch)
     rows = [feature_row(inst, model, i) for i, inst in enumerate(instances)]
@@ -98,12 +94,7 @@ async def predict(request: web.Request) -> web.Response:
     hits = len(rows) - len(missing)
     rid = request_id(request)
     answer = _answer(model, results, hits)
-    if not missing:
-        key = state.cache.key
-        state.repeats.remember(API, model, body, None, tuple((key(model, row), r) for row, r in zip(rows, results)),
-                               answer, instances, state.writer)
-    if state.writer is not None:
-        log_predictions(state.writer, model, rid, instances, results, missing, start)
+    record_answer(state, API, model, body, None, rows, results, missing, answer, instances, rid, start)
     return _response(answer, rid)
 
 

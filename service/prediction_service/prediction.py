@@ -13,7 +13,7 @@ from aiohttp import hdrs, web
 
 from .errors import ApiError
 from .models import Model, NonFiniteOutput
-from .repeats import Repeat
+from .repeats import Answer, Repeat
 from .state import ServiceState
 from .validation import check_content_type
 
@@ -92,6 +92,27 @@ def request_id(request: web.Request) -> str:
             pass
     # 128 random bits as hex: as unique as uuid4, a fraction of its cost on the hot path.
     return os.urandom(16).hex()
+
+
+def serve_repeat(state: ServiceState, model: Model, repeat: Repeat, request: web.Request, start: float) -> str:
+    """Count and log a remembered answer served again (every instance a local-cache hit, as the
+    first time); returns the request's id to render it with."""
+    model.local_hits.inc(len(repeat.cached))
+    rid = request_id(request)
+    if state.writer is not None:
+        log_repeat(state.writer, model, rid, repeat, start)
+    return rid
+
+
+def record_answer(state: ServiceState, api: str, model: Model, body: bytes, header: str | None, rows: list,
+                  results: list, missing: list[int], answer: Answer, instances: list, rid: str,
+                  start: float) -> None:
+    """After the slow path: remember the answer when every instance was a cache hit (so the same
+    request again is a repeat), and queue its prediction-log rows."""
+    if not missing:
+        state.repeats.remember(api, model, body, header, rows, results, answer, instances, state.writer)
+    if state.writer is not None:
+        log_predictions(state.writer, model, rid, instances, results, missing, start)
 
 
 def log_predictions(writer, model: Model, request_id: str, inputs: list, results: list, missing: list[int],

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .cache import LocalCache
+from .cache import LocalCache, PredictionCache
 from .models import Model
 
 # Bodies up to this size are remembered (a 20-instance iris batch fits; a larger batch is rarely
@@ -90,15 +90,18 @@ class Repeats:
         self._entries.move_to_end(key)
         return repeat
 
-    def remember(self, api: str, model: Model, body: bytes, header: str | None, cached: tuple,
+    def remember(self, api: str, model: Model, body: bytes, header: str | None, rows: list, results: list,
                  answer: Answer, inputs: list, writer=None) -> None:
         """Remember the slow path's answer to a request whose every instance was a cache hit.
 
-        ``cached``: ((cache key, result), ...) per instance, as the in-process cache holds them;
-        ``inputs``: the instances as the prediction log stores them, encoded by ``writer`` (the
+        ``rows``/``results``: each instance's feature row and result, as the in-process cache holds
+        them; ``inputs``: the instances as the prediction log stores them, encoded by ``writer`` (the
         prediction writer, None without DB logging).
         """
-        if not self._max or len(body) > MAX_BODY_BYTES or not self._still_cached(cached):
+        if not self._max or len(body) > MAX_BODY_BYTES:
+            return
+        cached = tuple((PredictionCache.key(model, row), result) for row, result in zip(rows, results))
+        if not self._still_cached(cached):
             return
         log = () if writer is None else tuple((writer.encoded(inp), writer.encoded(result))
                                               for inp, (_, result) in zip(inputs, cached))

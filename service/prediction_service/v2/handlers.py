@@ -14,7 +14,7 @@ from aiohttp import hdrs, web
 
 from .. import __version__
 from ..models import Model
-from ..prediction import find_model, log_predictions, log_repeat, predict_rows, read_body, request_id
+from ..prediction import find_model, predict_rows, read_body, record_answer, request_id, serve_repeat
 from ..repeats import Answer
 from ..state import STATE
 from .tensors import BINARY_HEADER, encode_response, output_names, parse_request
@@ -91,11 +91,7 @@ async def infer(request: web.Request) -> web.Response:
     header = request.headers.get(BINARY_HEADER)
     repeat = state.repeats.get(API, model, body, header)
     if repeat is not None:  # the same request again, every instance still cached: as the last time
-        model.local_hits.inc(len(repeat.cached))
-        rid = request_id(request)
-        if state.writer is not None:
-            log_repeat(state.writer, model, rid, repeat, start)
-        return _infer_response(repeat.answer, rid)
+        return _infer_response(repeat.answer, serve_repeat(state, model, repeat, request, start))
 
     inference = parse_request(body, header, model, settings.max_batch)
     rows = inference.rows
@@ -104,12 +100,7 @@ async def infer(request: web.Request) -> web.Response:
     answer = encode_response(model, inference, results, len(rows) - len(missing))
     names = model.feature_index  # the same log rows as /api/v1: each instance as a feature object
     instances = [dict(zip(names, row)) for row in rows]
-    if not missing:
-        key = state.cache.key
-        state.repeats.remember(API, model, body, header, tuple((key(model, row), r) for row, r in zip(rows, results)),
-                               answer, instances, state.writer)
-    if state.writer is not None:
-        log_predictions(state.writer, model, rid, instances, results, missing, start)
+    record_answer(state, API, model, body, header, rows, results, missing, answer, instances, rid, start)
     return _infer_response(answer, rid)
 
 
