@@ -27,6 +27,7 @@ import yaml
 from pulumi.runtime.mocks import MockMonitor
 
 import provider_outputs
+from pulumi_graph import reveal
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -73,17 +74,6 @@ def plain(value):
     return repr(value)
 
 
-def revealed(value):
-    """``plain(value)`` with the secret wrappers removed (what a provider reads)."""
-    if isinstance(value, dict):
-        if set(value) == {"__secret__"}:
-            return revealed(value["__secret__"])
-        return {k: revealed(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [revealed(v) for v in value]
-    return value
-
-
 class Recorder(pulumi.runtime.Mocks):
     """Records every resource and answers with its inputs plus the outputs its provider would
     return (provider_outputs.py: real passwords, keys and certificates)."""
@@ -93,7 +83,7 @@ class Recorder(pulumi.runtime.Mocks):
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         inputs = plain(args.inputs)
-        extra = provider_outputs.outputs_for(args.typ, args.name, revealed(inputs))
+        extra = provider_outputs.outputs_for(args.typ, args.name, reveal(inputs))
         self.resources.append({"type": args.typ, "name": args.name, "custom": bool(args.custom),
                                "inputs": inputs, "outputs": extra})
         return f"{args.name}-id", {**args.inputs, **extra}

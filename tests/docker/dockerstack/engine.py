@@ -30,12 +30,9 @@ from docker.types import Healthcheck, Mount
 from .images import Images
 
 INFRA = Path(__file__).resolve().parents[3] / "infra"
+sys.path.insert(0, str(INFRA.parent / "tests/infra"))
 
-CONTAINER = "docker:index/container:Container"
-NETWORK = "docker:index/network:Network"
-VOLUME = "docker:index/volume:Volume"
-REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
-IMAGE = "docker:index/image:Image"
+from pulumi_graph import CONTAINER, IMAGE, NETWORK, REMOTE_IMAGE, VOLUME, reveal  # noqa: E402
 # Resources that only compute values (their outputs are already in the graph).
 COMPUTED = {"random:index/randomPassword:RandomPassword", "tls:index/privateKey:PrivateKey",
             "tls:index/selfSignedCert:SelfSignedCert"}
@@ -138,14 +135,10 @@ class Engine:
         part-way can be torn down by the caller). Images first (they depend on nothing), so that
         ``deployment.seconds_to_healthy`` times the containers alone."""
         self._check_inputs(resources)
-        for r in resources:
-            if r["type"] == REMOTE_IMAGE:
-                self._remote_image(_reveal(r["inputs"]), r["outputs"], deployment)
-            elif r["type"] == IMAGE:
-                self._image(_reveal(r["inputs"]), r["outputs"], deployment)
+        self._images(resources, deployment)
         started = time.monotonic()
         for r in resources:
-            typ, inputs = r["type"], _reveal(r["inputs"])
+            typ, inputs = r["type"], reveal(r["inputs"])
             if typ == NETWORK:
                 self._network(inputs, deployment)
             elif typ == VOLUME:
@@ -161,6 +154,14 @@ class Engine:
         deployment.seconds_to_healthy = time.monotonic() - started
         return deployment
 
+    def _images(self, resources: list[dict], deployment: Deployment) -> None:
+        """Build or tag every image the resources name (images depend on nothing)."""
+        for r in resources:
+            if r["type"] == REMOTE_IMAGE:
+                self._remote_image(reveal(r["inputs"]), r["outputs"], deployment)
+            elif r["type"] == IMAGE:
+                self._image(reveal(r["inputs"]), r["outputs"], deployment)
+
     def replace(self, old: list[dict], new: list[dict], deployment: Deployment) -> list[str]:
         """Apply ``new`` (the program's resources after a config change) over ``old``, as `pulumi up`
         does: images (re)built, new containers created, containers whose inputs changed replaced —
@@ -169,17 +170,13 @@ class Engine:
         resources in parallel), each waited on until healthy, and the old ones are deleted last.
         Returns the logical names replaced."""
         self._check_inputs(new)
-        for r in new:
-            if r["type"] == REMOTE_IMAGE:
-                self._remote_image(_reveal(r["inputs"]), r["outputs"], deployment)
-            elif r["type"] == IMAGE:
-                self._image(_reveal(r["inputs"]), r["outputs"], deployment)
-        before = {r["name"]: _reveal(r["inputs"]) for r in old if r["type"] == CONTAINER}
+        self._images(new, deployment)
+        before = {r["name"]: reveal(r["inputs"]) for r in old if r["type"] == CONTAINER}
         replaced, side_by_side = [], []
         for r in new:
             if r["type"] != CONTAINER:
                 continue
-            logical, inputs = r["name"], _reveal(r["inputs"])
+            logical, inputs = r["name"], reveal(r["inputs"])
             if before.get(logical) == inputs:
                 continue
             if logical in before:
@@ -230,7 +227,7 @@ class Engine:
         self.client.containers.get(name).remove(force=True)
         if on_removed is not None:
             on_removed()
-        self._container(logical, _reveal(r["inputs"]), deployment)
+        self._container(logical, reveal(r["inputs"]), deployment)
         self.wait_healthy(name, HEALTHY_TIMEOUT)
         return name
 
@@ -454,13 +451,3 @@ class Engine:
         logs = container.logs(tail=30).decode(errors="replace")
         raise EngineError(f"container {name} is not healthy after {time.monotonic() - started:.0f}s "
                           f"(state {state['Status']}, health {health}); last log lines:\n{logs}")
-
-
-def _reveal(value):
-    if isinstance(value, dict):
-        if set(value) == {"__secret__"}:
-            return _reveal(value["__secret__"])
-        return {k: _reveal(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_reveal(v) for v in value]
-    return value
