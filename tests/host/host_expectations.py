@@ -93,9 +93,11 @@ class Process:
 
 
 def processes(host) -> list[Process]:
-    """Every process the target shows, read from /proc: containers have no ps."""
+    """Every process the target shows, read from /proc: containers have no ps. Bytes other than
+    printable ASCII (argument separators, any encoding a host process uses) read as spaces, since
+    a container sharing the host's PID namespace shows processes this suite knows nothing of."""
     out = run_ok(host, "for d in /proc/[0-9]*; do "
-                       "c=$(tr '\\0' ' ' < $d/cmdline 2>/dev/null) || continue; "
+                       "c=$(LC_ALL=C tr -c '[:print:]' ' ' < $d/cmdline 2>/dev/null) || continue; "
                        "u=$(sed -n 's/^Uid:[[:space:]]*\\([0-9]*\\).*/\\1/p' $d/status 2>/dev/null) || continue; "
                        "[ -n \"$c\" ] && echo \"${d#/proc/} $u $c\"; done; true")
     result = []

@@ -104,13 +104,18 @@ def test_nginx_template_requires_its_variables(tmp_path):
 class Backend:
     """A replica stand-in: answers every path with its own name and records each request."""
 
-    def __init__(self, name: str, delay: float = 0):
+    def __init__(self, name: str, delay: float = 0, port: int = 0):
         self.name = name
         self.requests: list[dict] = []
+        self.connections: list[socket.socket] = []
         backend = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                backend.connections.append(self.connection)
 
             def _answer(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -130,14 +135,20 @@ class Backend:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def stop(self):
+        """Stop as a process would: no more listening, and the gateway's kept-alive connections dropped."""
         self.server.shutdown()
         self.server.server_close()
+        for conn in self.connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def start_gateway(tmp_path: Path, backends: list[Backend], **overrides):
@@ -252,6 +263,26 @@ def test_gateway_retries_post_on_a_dead_replica(gateway):
         status, _, body = fetch(f"{base}/api/v1/models/m/predict", data=b'{"instances": [[1]]}')
         assert status == 200 and json.loads(body)["backend"] == "a"
     assert len([r for r in a.requests if r["method"] == "POST"]) == 6
+
+
+def test_gateway_serves_when_every_replica_is_marked_failed_but_one_answers(tmp_path):
+    # A roll-out's shape: b refuses while it starts (3 refusals mark it failed for fail_timeout=10s),
+    # then listens, and a stops. b is the only replica answering while nginx still counts it failed.
+    a, b = Backend("a"), Backend("b")
+    port_b = int(b.address.rsplit(":", 1)[1])
+    b.stop()
+    gw = start_gateway(tmp_path, [a, b])
+    base = f"https://127.0.0.1:{gw['https']}"
+    try:
+        before = [fetch(f"{base}/api/v1/models") for _ in range(10)]
+        assert [(s, json.loads(body)["backend"]) for s, _, body in before] == [(200, "a")] * 10
+        b = Backend("b", port=port_b)
+        gw["backends"].append(b)
+        a.stop()
+        after = [fetch(f"{base}/api/v1/models/m/predict", data=b'{"instances": [[1]]}') for _ in range(6)]
+        assert [(s, json.loads(body).get("backend")) for s, _, body in after] == [(200, "b")] * 6, after
+    finally:
+        gw["stop"]()
 
 
 # --- errors nginx answers itself, TLS profile (the checks tests/e2e runs on the local environment) ----------
