@@ -69,8 +69,12 @@ def test_gateway_listens_on_https_and_http(host):
 def test_gateway_configuration_is_valid_and_reresolves_every_replica(host, nginx_conf, stack_file):
     run_ok(host, "nginx -t")
     service = stack_file("service")
-    servers = re.findall(r"^\s*server\s+(\S+):(\d+)\b[^;]*\bresolve;", nginx_conf, re.M)
-    assert len(servers) == service.replicas and {int(p) for _, p in servers} == {service.port}, servers
+    servers = re.findall(r"^\s*server\s+(\S+):(\d+)\b([^;]*)\bresolve;", nginx_conf, re.M)
+    primaries = [(name, int(port)) for name, port, params in servers if "backup" not in params]
+    backups = [(name, int(port)) for name, port, params in servers if "backup" in params]
+    # Every replica once, and once more as a backup (the fallback when nginx counts all of them failed).
+    assert len(set(primaries)) == len(primaries) == service.replicas, servers
+    assert {port for _, port in primaries} == {service.port} and backups == primaries, servers
     assert re.search(rf"^\s*resolver\s+{re.escape(DOCKER_DNS)}\b", nginx_conf, re.M), \
         "replicas' names must be re-resolved through Docker's DNS"
 
