@@ -26,6 +26,7 @@ import jinja2
 import pytest
 import yaml
 
+from harness.waiting import wait_until
 from harness.gateway import check_own_errors, check_upstream_error, mozilla_intermediate_issues, raw_request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +105,7 @@ def test_nginx_template_requires_its_variables(tmp_path):
 class Backend:
     """A replica stand-in: answers every path with its own name and records each request."""
 
-    def __init__(self, name: str, delay: float = 0, port: int = 0):
+    def __init__(self, name: str, delay: float = 0, port: int = 0, host: str = "127.0.0.1"):
         self.name = name
         self.requests: list[dict] = []
         self.connections: list[socket.socket] = []
@@ -119,10 +120,11 @@ class Backend:
 
             def _answer(self):
                 length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
+                body = self.rfile.read(length)
                 time.sleep(delay)
                 backend.requests.append({"path": self.path, "method": self.command, "version": self.request_version,
-                                         "connection": self.headers.get("Connection"), "peer": self.client_address})
+                                         "connection": self.headers.get("Connection"), "peer": self.client_address,
+                                         "body": body})
                 body = json.dumps({"backend": backend.name, "path": self.path}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -135,8 +137,8 @@ class Backend:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
+        self.address = f"{host}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -151,16 +153,22 @@ class Backend:
                 pass
 
 
-def start_gateway(tmp_path: Path, backends: list[Backend], **overrides):
-    """nginx from the shared template in front of ``backends``; stopped by the returned function."""
+def start_gateway(tmp_path: Path, backends: list[Backend], image: str | None = None, **overrides):
+    """nginx from the shared template in front of ``backends``; stopped by the returned function.
+    ``image``: run the nginx of that Docker image (host network, ``tmp_path`` mounted) instead of the
+    host's, for what the Debian package's 1.22 lacks (upstream ``resolve``)."""
     https_port, http_port = free_port(), free_port()
     variables = nginx_vars(tmp_path, [b.address for b in backends], https_port, http_port)
     variables["nginx_https_redirect_port"] = https_port
     variables.update(overrides)
     conf = tmp_path / "nginx.conf"
     conf.write_text(render(NGINX_TEMPLATE, **variables))
-    proc = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log"),
-                             "-g", "daemon off;"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    command = [NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log"), "-g", "daemon off;"]
+    container = f"t{os.getpid():x}-gateway-{https_port}"
+    if image is not None:
+        command = ["docker", "run", "--rm", "--name", container, "--network", "host",
+                   "-v", f"{tmp_path}:{tmp_path}", "--entrypoint", "nginx", image, *command[1:]]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -174,6 +182,8 @@ def start_gateway(tmp_path: Path, backends: list[Backend], **overrides):
         pytest.fail(f"nginx did not listen: {(tmp_path / 'error.log').read_text()}")
 
     def stop():
+        if image is not None:
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True)
         proc.terminate()
         proc.wait(timeout=10)
         for b in backends:
@@ -203,11 +213,11 @@ def client_context(max_version=None) -> ssl.SSLContext:
     return ctx
 
 
-def fetch(url: str, data: bytes | None = None, ctx: ssl.SSLContext | None = None):
+def fetch(url: str, data: bytes | None = None, ctx: ssl.SSLContext | None = None, timeout: float = 5):
     opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx or client_context()),
                                          NoRedirect())
     try:
-        with opener.open(urllib.request.Request(url, data=data), timeout=5) as resp:
+        with opener.open(urllib.request.Request(url, data=data), timeout=timeout) as resp:
             return resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.headers, err.read()
@@ -283,6 +293,94 @@ def test_gateway_serves_when_every_replica_is_marked_failed_but_one_answers(tmp_
         assert [(s, json.loads(body).get("backend")) for s, _, body in after] == [(200, "b")] * 6, after
     finally:
         gw["stop"]()
+
+
+GATEWAY_IMAGE = "nginx:1.27.3"  # the stacks' gateway image (tests/docker builds it)
+
+
+def gateway_image() -> str:
+    """The stacks' nginx image, for the upstream ``resolve`` the host's nginx lacks; without it, a
+    skip (a failure under CI, where the Docker suite has built it before this one runs)."""
+    found = subprocess.run(["docker", "image", "inspect", GATEWAY_IMAGE], capture_output=True) \
+        if shutil.which("docker") else None
+    if found is None or found.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{GATEWAY_IMAGE} is not on the Docker engine; the Docker suite builds it (make test-docker)")
+        pytest.skip(f"needs {GATEWAY_IMAGE} on a Docker engine (make test-docker builds it)")
+    return GATEWAY_IMAGE
+
+
+class TinyDns:
+    """A UDP DNS server answering A queries for one name with ``addresses`` (changeable), NXDOMAIN
+    for any other: Docker's embedded DNS as the gateway sees it when replicas come and go."""
+
+    def __init__(self, name: str, addresses: list[str]):
+        self.name, self.addresses = name, list(addresses)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                data, client = self.sock.recvfrom(512)
+            except OSError:
+                return
+            qid, i, labels = data[:2], 12, []
+            while data[i]:
+                labels.append(data[i + 1:i + 1 + data[i]].decode())
+                i += 1 + data[i]
+            qtype = int.from_bytes(data[i + 1:i + 3], "big")
+            question = data[12:i + 5]
+            known = ".".join(labels) == self.name
+            answers = self.addresses if known and qtype == 1 else []
+            header = qid + (0x8180 if known else 0x8183).to_bytes(2, "big") + (1).to_bytes(2, "big") \
+                + len(answers).to_bytes(2, "big") + bytes(4)
+            # Each answer: pointer to the question's name, type A, class IN, TTL 1 s, 4 bytes.
+            records = b"".join(b"\xc0\x0c" + bytes.fromhex("00010001000000010004") + socket.inet_aton(a)
+                               for a in answers)
+            self.sock.sendto(header + question + records, client)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_gateway_retries_a_request_whose_replica_vanished_while_addresses_changed(tmp_path):
+    # Two replicas behind one name. One stops answering (a container gone: its address takes
+    # requests nowhere) and leaves the DNS answer while requests wait on it. nginx re-resolves,
+    # and each waiting request's next attempt finds the upstream changed: nginx answers 502
+    # unless the gateway gives it another pass.
+    hung = socket.socket()
+    hung.bind(("127.0.0.2", 0))
+    hung.listen(64)  # accepts (the kernel does), never answers
+    port = hung.getsockname()[1]
+    live = Backend("live", host="127.0.0.3", port=port)
+    dns = TinyDns("replicas.test", ["127.0.0.2", "127.0.0.3"])
+    gw = start_gateway(tmp_path, [live], image=gateway_image(), nginx_upstream_servers=[f"replicas.test:{port}"],
+                       nginx_resolver=dns.address, nginx_proxy_read_timeout="2s")
+    base = f"https://127.0.0.1:{gw['https']}"
+    try:
+        wait_until(lambda: fetch(f"{base}/health")[0] == 200, 10, "nginx to resolve replicas.test")
+        results = []
+        workers = [threading.Thread(target=lambda i=i: results.append(
+            fetch(f"{base}/api/v1/models/m/predict", data=b'{"instances": [[%d]]}' % i, timeout=20)))
+            for i in range(6)]
+        for w in workers:
+            w.start()
+        time.sleep(0.3)  # every request is on a replica now; half of them wait on the hung one
+        dns.addresses = ["127.0.0.3"]
+        for w in workers:
+            w.join()
+        assert sorted(status for status, _, _ in results) == [200] * 6, \
+            [(s, b[:120]) for s, _, b in results]
+        # Each POST reached the live replica with its body, once more for the ones retried.
+        bodies = {r["body"] for r in live.requests if r["method"] == "POST"}
+        assert bodies == {b'{"instances": [[%d]]}' % i for i in range(6)}
+    finally:
+        gw["stop"]()
+        dns.close()
+        hung.close()
 
 
 # --- errors nginx answers itself, TLS profile (the checks tests/e2e runs on the local environment) ----------
