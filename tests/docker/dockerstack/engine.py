@@ -26,13 +26,12 @@ from pathlib import Path
 import docker
 import docker.errors
 from docker.types import Healthcheck, Mount
+from pulumi_graph import CONTAINER, IMAGE, NETWORK, REMOTE_IMAGE, VOLUME, reveal
 
 from .images import Images
 
 INFRA = Path(__file__).resolve().parents[3] / "infra"
-sys.path.insert(0, str(INFRA.parent / "tests/infra"))
 
-from pulumi_graph import CONTAINER, IMAGE, NETWORK, REMOTE_IMAGE, VOLUME, reveal  # noqa: E402
 # Resources that only compute values (their outputs are already in the graph).
 COMPUTED = {"random:index/randomPassword:RandomPassword", "tls:index/privateKey:PrivateKey",
             "tls:index/selfSignedCert:SelfSignedCert"}

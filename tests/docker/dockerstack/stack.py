@@ -18,15 +18,12 @@ from pathlib import Path
 
 import docker
 import docker.errors
+from pulumi_graph import STACKS, Graph, ProgramFailed, run_stack
+
+from .engine import Deployment, Engine, EngineError
+from .images import ImageError, Images
 
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT / "tests/infra"))
-
-from pulumi_graph import STACKS, Graph, ProgramFailed, run_stack  # noqa: E402
-
-from .engine import Deployment, Engine, EngineError  # noqa: E402
-from .images import ImageError, Images  # noqa: E402
-
 VAR = ROOT / "var"
 
 
