@@ -176,11 +176,13 @@ def registry_names() -> set[str]:
     """Every sample name the service's metrics module exposes (histogram _bucket/_count/_sum, counter _total)."""
     metrics = pytest.importorskip("prediction_service.metrics",
                                   reason="service/prediction_service/metrics.py not importable yet")
+    from prometheus_client.metrics import MetricWrapperBase
+
+    # prometheus-client's metrics and the service's lock-free ones (loop_metrics.py) alike.
+    kinds = (MetricWrapperBase, metrics.LoopCounter, metrics.LoopHistogram)
     names = set()
     for obj in vars(metrics).values():
-        # prometheus-client's metrics and the service's lock-free ones (loop_metrics.py) alike:
-        # labelled metrics that describe their families.
-        if isinstance(obj, type) or not (callable(getattr(obj, "describe", None)) and hasattr(obj, "labels")):
+        if not isinstance(obj, kinds):
             continue
         for family in obj.describe():
             base = family.name
