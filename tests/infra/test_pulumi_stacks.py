@@ -295,10 +295,10 @@ def test_nginx_upstream_lists_exactly_the_replicas(stack):
     replicas = [f"{alias(r)}:{SERVICE_PORT}" for r in graph.replicas()]
     # Each replica once as a primary and once as a never-failed backup (the fallback when every
     # primary is counted failed).
-    servers = re.findall(r"^\s*server\s+(\S+)([^;]*);", upstream, re.M)
+    servers = [(s, params.split()) for s, params in re.findall(r"^\s*server\s+(\S+)([^;]*);", upstream, re.M)]
     assert [s for s, params in servers if "backup" not in params] == replicas
-    assert [s for s, params in servers if "backup" in params.split()] == replicas
-    assert all("max_fails=0" in params.split() for _, params in servers if "backup" in params)
+    assert [s for s, params in servers if "backup" in params] == replicas
+    assert all("max_fails=0" in params for _, params in servers if "backup" in params)
     # Re-resolved through Docker's DNS, so a replaced replica (new container, new address) is followed.
     assert re.search(r"^\s*resolver 127\.0\.0\.11 ", conf, re.M) and "resolve;" in upstream
     assert re.search(r"^\s*keepalive \d+;", upstream, re.M)

@@ -120,11 +120,11 @@ class Backend:
 
             def _answer(self):
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
+                received = self.rfile.read(length)
                 time.sleep(delay)
                 backend.requests.append({"path": self.path, "method": self.command, "version": self.request_version,
                                          "connection": self.headers.get("Connection"), "peer": self.client_address,
-                                         "body": body})
+                                         "body": received})
                 body = json.dumps({"backend": backend.name, "path": self.path}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -353,8 +353,18 @@ def test_gateway_retries_a_request_whose_replica_vanished_while_addresses_change
     # unless the gateway gives it another pass.
     hung = socket.socket()
     hung.bind(("127.0.0.2", 0))
-    hung.listen(64)  # accepts (the kernel does), never answers
+    hung.listen(64)
     port = hung.getsockname()[1]
+    waiting: list[socket.socket] = []  # connections the hung replica accepted and never answers
+
+    def accept_forever():
+        while True:
+            try:
+                waiting.append(hung.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept_forever, daemon=True).start()
     live = Backend("live", host="127.0.0.3", port=port)
     dns = TinyDns("replicas.test", ["127.0.0.2", "127.0.0.3"])
     gw = start_gateway(tmp_path, [live], image=gateway_image(), nginx_upstream_servers=[f"replicas.test:{port}"],
@@ -362,25 +372,30 @@ def test_gateway_retries_a_request_whose_replica_vanished_while_addresses_change
     base = f"https://127.0.0.1:{gw['https']}"
     try:
         wait_until(lambda: fetch(f"{base}/health")[0] == 200, 10, "nginx to resolve replicas.test")
+        already = len(waiting)
         results = []
         workers = [threading.Thread(target=lambda i=i: results.append(
             fetch(f"{base}/api/v1/models/m/predict", data=b'{"instances": [[%d]]}' % i, timeout=20)))
             for i in range(6)]
         for w in workers:
             w.start()
-        time.sleep(0.3)  # every request is on a replica now; half of them wait on the hung one
+        # Only once a request waits on the hung replica does the change of addresses matter.
+        wait_until(lambda: len(waiting) > already, 10, "a request to wait on the hung replica", interval=0.05)
         dns.addresses = ["127.0.0.3"]
         for w in workers:
             w.join()
         assert sorted(status for status, _, _ in results) == [200] * 6, \
             [(s, b[:120]) for s, _, b in results]
-        # Each POST reached the live replica with its body, once more for the ones retried.
+        # Each POST reached the live replica with its body, the ones sent again included.
         bodies = {r["body"] for r in live.requests if r["method"] == "POST"}
         assert bodies == {b'{"instances": [[%d]]}' % i for i in range(6)}
     finally:
         gw["stop"]()
         dns.close()
+        hung.shutdown(socket.SHUT_RDWR)  # ends the accepting thread
         hung.close()
+        for conn in waiting:
+            conn.close()
 
 
 # --- errors nginx answers itself, TLS profile (the checks tests/e2e runs on the local environment) ----------
