@@ -93,18 +93,21 @@ class Process:
 
 
 def processes(host) -> list[Process]:
-    """Every process the target shows, read from /proc: containers have no ps. Bytes other than
-    printable ASCII (argument separators, any encoding a host process uses) read as spaces, since
-    a container sharing the host's PID namespace shows processes this suite knows nothing of."""
-    out = run_ok(host, "for d in /proc/[0-9]*; do "
-                       "c=$(LC_ALL=C tr -c '[:print:]' ' ' < $d/cmdline 2>/dev/null) || continue; "
-                       "u=$(sed -n 's/^Uid:[[:space:]]*\\([0-9]*\\).*/\\1/p' $d/status 2>/dev/null) || continue; "
-                       "[ -n \"$c\" ] && echo \"${d#/proc/} $u $c\"; done; true")
-    result = []
+    """Every process the target shows, read from /proc: containers have no ps. A container sharing
+    the host's PID namespace shows processes this suite knows nothing of, whose arguments may hold
+    any bytes: NULs and newlines become spaces, the rest is printed verbatim (printf, not echo, which
+    would expand a backslash sequence such as ``\\0200``) and read as UTF-8, undecodable bytes replaced."""
+    result = host.run("for d in /proc/[0-9]*; do "
+                      "c=$(tr '\\0\\n' '  ' < $d/cmdline 2>/dev/null) || continue; "
+                      "u=$(sed -n 's/^Uid:[[:space:]]*\\([0-9]*\\).*/\\1/p' $d/status 2>/dev/null) || continue; "
+                      "[ -n \"$c\" ] && printf '%s %s %s\\n' \"${d#/proc/}\" \"$u\" \"$c\"; done; true")
+    out = result.stdout_bytes.decode("utf-8", "replace")
+    assert result.rc == 0, f"`{result.command}` exited {result.rc}:\n{out}\n{result.stderr}"
+    found = []
     for line in out.splitlines():
         pid, uid, cmd = line.split(" ", 2)
-        result.append(Process(int(pid), int(uid), cmd.strip()))
-    return result
+        found.append(Process(int(pid), int(uid), cmd.strip()))
+    return found
 
 
 def tcp_listeners(host) -> set[tuple[str, int]]:
