@@ -79,10 +79,14 @@ def _plain(value):
 
 
 def run_ok(host, cmd: str, *args) -> str:
-    """Run on the target; fail with the command's own output when it does not exit 0."""
+    """Run on the target; fail with the command's own output when it does not exit 0. The output is
+    read as UTF-8 with undecodable bytes replaced: what a target prints (a host process's arguments,
+    a file) may hold any bytes, and testinfra's own decoding would raise on them."""
     result = host.run(cmd, *args)
-    assert result.rc == 0, f"`{result.command}` exited {result.rc}:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+    out = result.stdout_bytes.decode("utf-8", "replace")
+    assert result.rc == 0, \
+        f"`{result.command}` exited {result.rc}:\n{out}\n{result.stderr_bytes.decode('utf-8', 'replace')}"
+    return out
 
 
 @dataclass(frozen=True)
@@ -96,13 +100,11 @@ def processes(host) -> list[Process]:
     """Every process the target shows, read from /proc: containers have no ps. A container sharing
     the host's PID namespace shows processes this suite knows nothing of, whose arguments may hold
     any bytes: NULs and newlines become spaces, the rest is printed verbatim (printf, not echo, which
-    would expand a backslash sequence such as ``\\0200``) and read as UTF-8, undecodable bytes replaced."""
-    result = host.run("for d in /proc/[0-9]*; do "
-                      "c=$(tr '\\0\\n' '  ' < $d/cmdline 2>/dev/null) || continue; "
-                      "u=$(sed -n 's/^Uid:[[:space:]]*\\([0-9]*\\).*/\\1/p' $d/status 2>/dev/null) || continue; "
-                      "[ -n \"$c\" ] && printf '%s %s %s\\n' \"${d#/proc/}\" \"$u\" \"$c\"; done; true")
-    out = result.stdout_bytes.decode("utf-8", "replace")
-    assert result.rc == 0, f"`{result.command}` exited {result.rc}:\n{out}\n{result.stderr}"
+    would expand a backslash sequence such as ``\\0200``)."""
+    out = run_ok(host, "for d in /proc/[0-9]*; do "
+                       "c=$(tr '\\0\\n' '  ' < $d/cmdline 2>/dev/null) || continue; "
+                       "u=$(sed -n 's/^Uid:[[:space:]]*\\([0-9]*\\).*/\\1/p' $d/status 2>/dev/null) || continue; "
+                       "[ -n \"$c\" ] && printf '%s %s %s\\n' \"${d#/proc/}\" \"$u\" \"$c\"; done; true")
     found = []
     for line in out.splitlines():
         pid, uid, cmd = line.split(" ", 2)
