@@ -14,7 +14,7 @@ LOCALENV_VAR_DIR ?= $(CURDIR)/var
 APT_PACKAGES := postgresql-15 postgresql-client-15 redis-server redis-tools nginx prometheus \
 	prometheus-node-exporter wrk openssl curl ca-certificates python3-venv procps iproute2
 
-.PHONY: help deps system-deps timescaledb venv model test test-docker docker-engine stack-up stack-down stack-status \
+.PHONY: help deps system-deps timescaledb venv model test test-docker docker-engine stack-up stack-preview stack-down stack-status \
 	up down status bench bench-gateway preview deploy lint clean pristine-check
 
 help:
@@ -28,7 +28,7 @@ help:
 	@echo "make timescaledb   give PostgreSQL 15 the pinned TimescaleDB (package, else build from TIMESCALEDB_SOURCE)"
 	@echo "make preview|deploy STACK=dev|staging|prod   pulumi preview / up for one stack"
 	@echo "make pristine-check   make test and make up on a pristine Debian 12 container, timed (root, Docker)"
-	@echo "make stack-up|stack-down|stack-status STACK=dev|staging|prod   run a stack on this Docker engine without the Pulumi CLI"
+	@echo "make stack-up|stack-preview|stack-down|stack-status STACK=dev|staging|prod   a stack on this Docker engine, as pulumi up/preview/destroy would change it (no Pulumi CLI)"
 	@echo "make test-docker   only the Docker suite (tests/docker: images, stacks, drills)"
 
 deps: system-deps venv
@@ -81,16 +81,23 @@ test-docker: deps $(MODELS)/.built
 docker-engine:
 	@scripts/docker-engine.sh start
 
-# A stack on this machine's Docker engine, from the real stack file, without the Pulumi CLI (for trials;
-# users deploy with pulumi up). STACK_PORTS=free publishes on free loopback ports; KEEP_VOLUMES=1 keeps data.
-stack-up: deps $(MODELS)/.built docker-engine
-	@cd tests/docker && ../../$(BIN)/python -m dockerstack up $(STACK)
+# A stack on this machine's Docker engine, changed the way `pulumi up` would change it, without the Pulumi
+# CLI (stack_emulator/; users deploy with pulumi up). The plan is printed before it is applied; the stack's
+# state lives in var/stacks/<stack>/. STACK_PORTS=free publishes on free loopback ports. stack-down:
+# KEEP_VOLUMES=1 keeps the data, EXCLUDE_PROTECTED=1 keeps what is protected, UNPROTECT=1 removes it too.
+stack-up: deps $(MODELS)/.built
+	@$(BIN)/python -m stack_emulator check $(STACK)
+	@scripts/docker-engine.sh start
+	@$(BIN)/python -m stack_emulator up $(STACK)
+
+stack-preview: deps
+	@$(BIN)/python -m stack_emulator preview $(STACK)
 
 stack-down: venv
-	@cd tests/docker && ../../$(BIN)/python -m dockerstack down $(STACK)
+	@$(BIN)/python -m stack_emulator down $(STACK)
 
 stack-status: venv
-	@cd tests/docker && ../../$(BIN)/python -m dockerstack status $(STACK)
+	@$(BIN)/python -m stack_emulator status $(STACK)
 
 up: deps timescaledb $(MODELS)/.built
 	@scripts/localenv.sh up

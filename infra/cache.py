@@ -8,8 +8,12 @@ from config import PlatformConfig
 from network import Networks
 
 
+# Redis saves nothing on shutdown here (no persistence configured), so a short grace is enough.
+SHUTDOWN_GRACE_SECONDS = 10
+
+
 class Cache(pulumi.ComponentResource):
-    """Redis; outputs ``container_name`` and ``port`` for PREDICTION_REDIS_URL."""
+    """Redis; ``host`` (a plain value: see service.py) and ``port`` for PREDICTION_REDIS_URL."""
 
     def __init__(self, name: str, cfg: PlatformConfig, networks: Networks,
                  opts: pulumi.ResourceOptions | None = None):
@@ -24,9 +28,10 @@ class Cache(pulumi.ComponentResource):
         if c.hostPort is not None:
             ports.append(docker.ContainerPortArgs(internal=c.port, external=c.hostPort, ip=c.hostBindAddress))
 
+        self.host = cfg.physical("redis")
         self.container = docker.Container(
             f"{name}-container",
-            name=cfg.physical("redis"),
+            name=self.host,
             image=image.image_id,
             command=[
                 "redis-server",
@@ -43,16 +48,20 @@ class Cache(pulumi.ComponentResource):
                 tests=["CMD", "redis-cli", "-p", str(c.port), "ping"],
                 interval="5s", timeout="3s", retries=10, start_period="5s"),
             memory=c.memoryMb,
+            # Swap limit = memory limit (no swap), set with it: Docker refuses an in-place memory update
+            # (pulumi-docker's ContainerUpdate) that leaves the old swap limit below the new memory.
+            memory_swap=c.memoryMb,
             restart="unless-stopped",
             wait=True,
+            destroy_grace_seconds=SHUTDOWN_GRACE_SECONDS,
             labels=[docker.ContainerLabelArgs(label="com.prediction.stack", value=cfg.stack),
                     docker.ContainerLabelArgs(label="com.prediction.component", value="cache")],
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
-        self.container_name = self.container.name
         self.port = c.port
-        self.register_outputs({"container_name": self.container.name, "port": c.port, "volume": volume.name})
+        self.register_outputs({"container_name": self.container.name, "host": self.host, "port": c.port,
+                               "volume": volume.name})
 
-    def url(self) -> pulumi.Output[str]:
+    def url(self) -> str:
         """``redis://host:port/0`` for PREDICTION_REDIS_URL."""
-        return pulumi.Output.format("redis://{0}:{1}/0", self.container_name, self.port)
+        return f"redis://{self.host}:{self.port}/0"

@@ -97,6 +97,9 @@ class ServiceConfig:
     modelsHostPath: Optional[str] = None
     maxRetryCount: int = 5
     buildOnPreview: bool = False
+    # How long `pulumi up` waits for the migrate job to report the database migrated (its create
+    # fails after that, and the next `pulumi up` runs it again).
+    migrateTimeoutSeconds: int = 300
     # Further PREDICTION_* variables from docs/CONTRACTS.md (cache TTL, limits, ...).
     env: dict[str, str] = field(default_factory=dict)
 

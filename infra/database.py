@@ -13,12 +13,14 @@ from passwords import secret_or_generated
 # The least-privilege role the service logs in as (created by migration 0005_application_role).
 APP_ROLE = "prediction_app"
 POSTGRES_PORT = 5432  # the image's; other containers reach it on the data network, hosts via hostPort
+# PostgreSQL's smart/fast shutdown writes a checkpoint; SIGKILL would mean crash recovery at the next start.
+SHUTDOWN_GRACE_SECONDS = 60
 
 
 class Database(pulumi.ComponentResource):
     """TimescaleDB on the data network.
 
-    Outputs: ``container_name`` (DNS name on the data network), ``port``, ``user``, ``db_name``,
+    Outputs: ``host`` (its DNS name on the data network, a plain value: see service.py), ``port``, ``user``, ``db_name``,
     ``password`` (the owner's, secret; ``dbPassword`` config or generated) and ``app_password``
     (``prediction_app``'s, secret; ``appDbPassword`` config or generated).
     """
@@ -29,6 +31,9 @@ class Database(pulumi.ComponentResource):
         child_opts = pulumi.ResourceOptions(parent=self)
         db = cfg.database
 
+        # Generated passwords live in the stack's state: a destroyed stack loses them while a protected
+        # volume keeps the data they open. Not protected themselves, so setting dbPassword/appDbPassword
+        # (which drops the generated one) stays a plain `pulumi up` (docs/pulumi.md, Secrets).
         self.password = secret_or_generated(cfg.secrets.dbPassword, f"{name}-password", 32, child_opts)
         self.app_password = secret_or_generated(cfg.secrets.appDbPassword, f"{name}-app-password", 32, child_opts)
 
@@ -46,9 +51,10 @@ class Database(pulumi.ComponentResource):
         if db.hostPort is not None:
             ports.append(docker.ContainerPortArgs(internal=POSTGRES_PORT, external=db.hostPort, ip=db.hostBindAddress))
 
+        self.host = cfg.physical("timescaledb")
         self.container = docker.Container(
             f"{name}-container",
-            name=cfg.physical("timescaledb"),
+            name=self.host,
             image=image.image_id,
             command=command,
             envs=[
@@ -67,18 +73,22 @@ class Database(pulumi.ComponentResource):
                 tests=["CMD-SHELL", f"pg_isready -h 127.0.0.1 -p {POSTGRES_PORT} -U {db.user} -d {db.name}"],
                 interval="5s", timeout="3s", retries=10, start_period="30s"),
             memory=db.memoryMb,
+            # Swap limit = memory limit (no swap), set with it: Docker refuses an in-place memory update
+            # (pulumi-docker's ContainerUpdate) that leaves the old swap limit below the new memory.
+            memory_swap=db.memoryMb,
             restart="unless-stopped",
             wait=True,
             wait_timeout=180,
+            stop_timeout=SHUTDOWN_GRACE_SECONDS,
+            destroy_grace_seconds=SHUTDOWN_GRACE_SECONDS,
             labels=[docker.ContainerLabelArgs(label="com.prediction.stack", value=cfg.stack),
                     docker.ContainerLabelArgs(label="com.prediction.component", value="database")],
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
-        self.container_name = self.container.name
         self.port = POSTGRES_PORT
         self.user = db.user
         self.db_name = db.name
-        self.register_outputs({"container_name": self.container.name, "port": POSTGRES_PORT,
+        self.register_outputs({"container_name": self.container.name, "host": self.host, "port": POSTGRES_PORT,
                                "volume": volume.name, "password": self.password,
                                "app_password": self.app_password})
 
@@ -88,4 +98,4 @@ class Database(pulumi.ComponentResource):
         user, password = (APP_ROLE, self.app_password) if app else (self.user, self.password)
         quoted = password.apply(lambda pw: urllib.parse.quote(pw, safe=""))
         return pulumi.Output.secret(pulumi.Output.format(
-            "postgresql://{0}:{1}@{2}:{3}/{4}", user, quoted, self.container_name, self.port, self.db_name))
+            "postgresql://{0}:{1}@{2}:{3}/{4}", user, quoted, self.host, self.port, self.db_name))

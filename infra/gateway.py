@@ -16,6 +16,8 @@ DOCKER_DNS = "127.0.0.11"
 HTTPS_PORT = 443
 HTTP_PORT = 80
 TLS_DIR = "/etc/nginx/tls"
+# nginx's image stops with SIGQUIT: a graceful shutdown that lets in-flight requests finish.
+SHUTDOWN_GRACE_SECONDS = 15
 
 
 def nginx_variables(cfg: PlatformConfig, upstream_servers: list[str]) -> dict:
@@ -74,10 +76,10 @@ class Gateway(pulumi.ComponentResource):
             # The provider marks private_key_pem secret itself; saying so here keeps it secret regardless.
             key_pem = pulumi.Output.secret(key.private_key_pem)
 
-        # The replicas' stable aliases, not their container names: replacing a replica changes
-        # neither this file nor the gateway container.
+        # One name that Docker's DNS resolves to every replica (nginx re-resolves it each second):
+        # replacing, adding or removing a replica changes neither this file nor the gateway container.
         self.nginx_conf = pulumi.Output.from_input(templates.render(
-            templates.NGINX_CONF, **nginx_variables(cfg, [f"{a}:{service.port}" for a in service.aliases])))
+            templates.NGINX_CONF, **nginx_variables(cfg, [f"{service.service_alias}:{service.port}"])))
 
         image = docker.RemoteImage(f"{name}-image", name=f"{g.image}:{g.tag}", keep_locally=True, opts=child_opts)
         self.container = docker.Container(
@@ -99,6 +101,7 @@ class Gateway(pulumi.ComponentResource):
                 interval="10s", timeout="3s", retries=3, start_period="5s"),
             restart="unless-stopped",
             wait=True,
+            destroy_grace_seconds=SHUTDOWN_GRACE_SECONDS,
             labels=[docker.ContainerLabelArgs(label="com.prediction.stack", value=cfg.stack),
                     docker.ContainerLabelArgs(label="com.prediction.component", value="gateway")],
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),

@@ -31,16 +31,17 @@ def dashboard_files(folder: Path = DASHBOARDS_DIR) -> list[Path]:
     return sorted(p for p in folder.glob("*.json") if p.is_file())
 
 
-def prometheus_variables(cfg: PlatformConfig, replica_names: list[str], port: int,
+def prometheus_variables(cfg: PlatformConfig, service_alias: str, port: int,
                          rule_files: list[str], node_exporters: list[str] = ()) -> dict:
-    """Template variables of roles/prometheus_server/templates/prometheus.yml.j2 for the container."""
+    """Template variables of roles/prometheus_server/templates/prometheus.yml.j2 for the container:
+    the replicas found through Docker's DNS (every address of the service alias)."""
     m = cfg.monitoring
     return {
         "prometheus_scrape_interval": m.scrapeInterval,
         "prometheus_evaluation_interval": m.evaluationInterval,
         "prometheus_external_labels": {"environment": cfg.stack},
         "prometheus_rule_files": rule_files,
-        "prometheus_service_targets": [{"target": f"{n}:{port}", "instance": n} for n in replica_names],
+        "prometheus_service_dns_sd": {"names": [service_alias], "port": port},
         "prometheus_node_exporter_targets": list(node_exporters) + list(m.nodeExporterTargets),
         "prometheus_self_target": f"localhost:{PROMETHEUS_PORT}",
     }
@@ -101,6 +102,7 @@ class Monitoring(pulumi.ComponentResource):
                 tests=["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{NODE_EXPORTER_PORT}/metrics"],
                 interval="10s", timeout="3s", retries=5, start_period="5s"),
             restart="unless-stopped",
+            destroy_grace_seconds=5,
             labels=_labels(cfg, "node-exporter"),
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
@@ -111,10 +113,10 @@ class Monitoring(pulumi.ComponentResource):
         if not rules:
             pulumi.log.warn(f"no alert rules in {ALERT_RULES_DIR}: Prometheus runs without alerts", self)
         rule_paths = [f"{RULES_IN_CONTAINER}/{p.name}" for p in rules]
-        # The replicas' stable aliases: replacing a replica changes neither this file nor the container.
+        # The replicas by DNS: replacing or scaling them changes neither this file nor the container.
         self.prometheus_yml = pulumi.Output.from_input(templates.render(
             templates.PROMETHEUS_YML, **prometheus_variables(
-                cfg, service.aliases, service.port, rule_paths,
+                cfg, service.service_alias, service.port, rule_paths,
                 [f"{cfg.physical('node-exporter')}:{NODE_EXPORTER_PORT}"])))
         image = self._image("prometheus", f"{m.prometheusImage}:{m.prometheusTag}")
         volume = docker.Volume(f"{self.name}-prometheus-data", name=cfg.physical("prometheus-data"),
@@ -138,6 +140,8 @@ class Monitoring(pulumi.ComponentResource):
                 tests=["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"],
                 interval="10s", timeout="3s", retries=5, start_period="10s"),
             restart="unless-stopped",
+            # Prometheus writes its head block on SIGTERM; killed, it replays the WAL at the next start.
+            destroy_grace_seconds=30,
             labels=_labels(cfg, "prometheus"),
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
@@ -170,6 +174,7 @@ class Monitoring(pulumi.ComponentResource):
                 tests=["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{GRAFANA_PORT}/api/health"],
                 interval="10s", timeout="3s", retries=5, start_period="20s"),
             restart="unless-stopped",
+            destroy_grace_seconds=10,
             labels=_labels(cfg, "grafana"),
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )

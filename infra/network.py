@@ -16,7 +16,9 @@ class Networks(pulumi.ComponentResource):
 
     def __init__(self, name: str, cfg: PlatformConfig, opts: pulumi.ResourceOptions | None = None):
         super().__init__("prediction:network:Networks", name, None, opts)
-        child_opts = pulumi.ResourceOptions(parent=self)
+        # Fixed names: a changed network must go before its replacement can have the name, and the
+        # containers on it are replaced with it (the provider's default would be create-before-delete).
+        child_opts = pulumi.ResourceOptions(parent=self, delete_before_replace=True)
         labels = [docker.NetworkLabelArgs(label="com.prediction.stack", value=cfg.stack)]
 
         self.app = docker.Network(

@@ -46,6 +46,8 @@ class Operations(pulumi.ComponentResource):
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.data.name)],
             volumes=volumes,
             restart="unless-stopped",
+            # A playbook may be running in it (a backup): let it finish its current step.
+            destroy_grace_seconds=10,
             labels=labels(cfg, "ops"),
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )

@@ -84,6 +84,9 @@ def app_has_models(app) -> bool:
 
 
 APP_PASSWORD_ENV = "PREDICTION_APP_DB_PASSWORD"
+# Written by `migrate --stay-up` once the database is migrated: what the migrate job's healthcheck
+# tests, so a deployment can wait for "migrated" the way it waits for "healthy".
+MIGRATED_MARKER = "/tmp/migrated"
 
 
 def migrate(argv: list[str]) -> int:
@@ -95,7 +98,12 @@ def migrate(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m prediction_service migrate")
     parser.add_argument("--app-role", help=f"role to enable for the service, password from ${APP_PASSWORD_ENV}")
+    parser.add_argument("--stay-up", action="store_true",
+                        help=f"after migrating, write {MIGRATED_MARKER} and wait until stopped (a deployment "
+                             f"waits on the container's healthcheck; a failure exits non-zero)")
     args = parser.parse_args(argv)
+    if args.stay_up and os.path.exists(MIGRATED_MARKER):
+        os.remove(MIGRATED_MARKER)  # a restarted job is healthy again only once it has migrated again
     try:
         dsn = load_database_url()
     except ConfigError as exc:
@@ -119,7 +127,23 @@ def migrate(argv: list[str]) -> int:
     except MigrationError as exc:
         print(f"migration error: {exc}", file=sys.stderr)
         return 1
+    if args.stay_up:
+        _stay_up()
     return 0
+
+
+def _stay_up() -> None:
+    """Mark the database migrated, then sleep until SIGTERM/SIGINT (then exit 0)."""
+    import signal
+
+    with open(MIGRATED_MARKER, "w") as f:
+        f.write("migrated\n")
+    sys.stdout.flush()
+    stop = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.append(True))
+    while not stop:
+        signal.pause()
 
 
 def main(argv: list[str]) -> int:
@@ -127,7 +151,7 @@ def main(argv: list[str]) -> int:
         return serve()
     if argv[0] == "migrate":
         return migrate(argv[1:])
-    print("usage: python -m prediction_service [migrate [--app-role NAME]]", file=sys.stderr)
+    print("usage: python -m prediction_service [migrate [--app-role NAME] [--stay-up]]", file=sys.stderr)
     return 2
 
 

@@ -1,5 +1,5 @@
 """Images for a stack on a Docker engine with no registry: local builds of the upstream images the
-stack files pin (tests/docker/images/<folder>/), and the service image built offline.
+stack files pin (stack_emulator/stand_ins/<folder>/), and the service image built offline.
 
 A pinned image that is already on the engine is used as it is (a real upstream image pulled by a
 user, or an earlier local build whose recipe is unchanged). A local build carries the labels
@@ -21,8 +21,9 @@ from pathlib import Path
 import docker
 import docker.errors
 
-ROOT = Path(__file__).resolve().parents[3]
-IMAGES_DIR = ROOT / "tests/docker/images"
+ROOT = Path(__file__).resolve().parents[1]
+# One folder per upstream image the stack files pin: the recipe of its local stand-in.
+IMAGES_DIR = Path(__file__).resolve().parent / "stand_ins"
 BASE_TAG = "prediction-local/debian:bookworm"
 LOCAL_BUILD = "com.prediction.local-build"
 RECIPE = "com.prediction.recipe"
@@ -110,7 +111,7 @@ class Images:
             raise ImageError(f"{ref} is not on the Docker engine and there is no local recipe for {repository} "
                              f"(known: {', '.join(sorted(RECIPES))}); docker pull it or add one under {IMAGES_DIR}")
         if tag not in recipe.tags:
-            raise ImageError(f"{ref}: the local recipe tests/docker/images/{recipe.folder} stands in for "
+            raise ImageError(f"{ref}: the local recipe stack_emulator/stand_ins/{recipe.folder} stands in for "
                              f"{repository}:{' / '.join(recipe.tags)} only; pin that tag in the stack file or "
                              f"docker pull {ref}")
         base = self.ensure_base()

@@ -1,0 +1,224 @@
+"""The providers' rules for a changed input: replace the resource, update it in place, or only record
+the new value — per resource type, taken from the providers' own schemas.
+
+pulumi-docker 5.2.0 bundles terraform-provider-docker v4.5.0 (pulumi/pulumi-docker: the `upstream`
+submodule at commit 5074970, "Prepare release v4.5.0"). In a Terraform schema an attribute with
+``ForceNew: true`` makes any change a replacement; any other change is an update, which the
+resource's Update function may or may not carry out on the live object. Citations name the file
+under kreuzwerker/terraform-provider-docker ``internal/provider/`` (or the pulumi-docker file).
+
+Each rule carries what the plan needs to diff like the provider does: the schema ``Default`` (an
+unset input and its default are the same), ``Computed`` (an input the program stops setting keeps
+the value in the state: no diff), and ``TypeSet`` (element order does not matter).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .values import is_unknown, reveal
+
+REPLACE = "replace"  # ForceNew: delete and create
+UPDATE = "update"    # the provider's Update changes the live object
+RECORD = "record"    # an update that only the state sees: the live object keeps what it had
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Attr:
+    on_change: str
+    default: object = _MISSING
+    computed: bool = False
+    is_set: bool = False
+    # Defaults inside each element of a block (a list/set of objects, or a one-item block).
+    element_defaults: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rules:
+    type: str
+    attrs: dict
+    source: str
+    # The provider's own choice of replacement order; a resource's deleteBeforeReplace option
+    # overrides it (pulumi/pulumi pkg/resource/deploy/step_generator.go, continueStepsFromDiff:
+    # "The user can override the provider's decision by setting the deleteBeforeReplace field").
+    delete_before_replace: bool = False
+    dbr_source: str = ""
+    # Inputs not in ``attrs``: "replace" for providers whose every input forces a new resource.
+    others: str | None = None
+
+
+def _a(on_change, **kw) -> Attr:
+    return Attr(on_change, **kw)
+
+
+R, U, S = REPLACE, UPDATE, RECORD
+
+CONTAINER = Rules(
+    "docker:index/container:Container",
+    source="resource_docker_container.go (schema), resource_docker_container_funcs.go "
+           "(resourceDockerContainerUpdate: ContainerUpdate of restart, max_retry_count, cpu_shares, memory, "
+           "memory_reservation, cpu_set, memory_swap, device_*; must_run false->true starts the container)",
+    # pulumi-docker provider/resources.go: "docker_container": {DeleteBeforeReplace: true, ...}
+    delete_before_replace=True,
+    dbr_source="pulumi-docker provider/resources.go: docker_container DeleteBeforeReplace: true",
+    attrs={
+        "name": _a(R), "image": _a(R), "hostname": _a(R, computed=True), "domainname": _a(R),
+        "command": _a(R, computed=True), "entrypoint": _a(R, computed=True), "user": _a(R),
+        "dns": _a(R, is_set=True), "dnsOpts": _a(R, is_set=True), "dnsSearches": _a(R, is_set=True),
+        "publishAllPorts": _a(R), "workingDir": _a(R), "capabilities": _a(R),
+        "securityOpts": _a(R, computed=True, is_set=True), "runtime": _a(R, computed=True),
+        "platform": _a(R, computed=True), "stopSignal": _a(R, computed=True), "stopTimeout": _a(R, computed=True),
+        "mounts": _a(R, is_set=True), "volumes": _a(R, is_set=True),
+        "ports": _a(R, element_defaults={"ip": "0.0.0.0", "protocol": "tcp"}),
+        "hosts": _a(R, is_set=True), "ulimits": _a(R, is_set=True), "envs": _a(R, computed=True, is_set=True),
+        "privileged": _a(R), "devices": _a(R, is_set=True), "deviceRequests": _a(R),
+        "labels": _a(R, computed=True, is_set=True), "shmSize": _a(R, computed=True),
+        "logDriver": _a(R, computed=True), "logOpts": _a(R), "networkMode": _a(R, default="bridge"),
+        "networksAdvanced": _a(R, is_set=True), "pidMode": _a(R), "usernsMode": _a(R),
+        "uploads": _a(R, is_set=True, element_defaults={"executable": False}),
+        "sysctls": _a(R), "ipcMode": _a(R, computed=True), "groupAdds": _a(R, is_set=True),
+        "tty": _a(R, default=False), "stdinOpen": _a(R, default=False), "storageOpts": _a(R), "gpus": _a(R),
+        "cpus": _a(R), "cgroupnsMode": _a(R), "cgroupParent": _a(R), "readOnly": _a(R, default=False),
+        # resourceDockerContainerUpdate: ContainerUpdate(RestartPolicy, Resources)
+        "restart": _a(U, default="no"), "maxRetryCount": _a(U), "cpuShares": _a(U), "memory": _a(U),
+        "memoryReservation": _a(U, default=0), "cpuSet": _a(U), "memorySwap": _a(U),
+        "deviceReadBps": _a(U, is_set=True), "deviceReadIops": _a(U, is_set=True),
+        "deviceWriteBps": _a(U, is_set=True), "deviceWriteIops": _a(U, is_set=True),
+        "mustRun": _a(U, default=True),
+        # Not ForceNew and not handled by resourceDockerContainerUpdate: recorded, the container
+        # keeps what it was created with (its healthcheck, tmpfs and init among them).
+        "rm": _a(S, default=False), "start": _a(S, default=True), "wait": _a(S, default=False),
+        "waitTimeout": _a(S, default=60), "attach": _a(S, default=False), "logs": _a(S, default=False),
+        "removeVolumes": _a(S, default=True), "destroyGraceSeconds": _a(S),
+        "healthcheck": _a(S, computed=True, element_defaults={"interval": "0s", "timeout": "0s", "startPeriod": "0s",
+                                                              "startInterval": "0s", "retries": 0}),
+        "tmpfs": _a(S), "init": _a(S, computed=True), "cpuPeriod": _a(S), "cpuQuota": _a(S),
+        "containerReadRefreshTimeoutMilliseconds": _a(S, default=15000),
+    },
+)
+
+NETWORK = Rules(
+    "docker:index/network:Network",
+    source="resource_docker_network.go (every attribute ForceNew; no UpdateContext)",
+    attrs={"labels": _a(R, is_set=True), "ipamDriver": _a(R, default="default"), "driver": _a(R, computed=True),
+           "options": _a(R, computed=True), "ipamConfigs": _a(R, computed=True, is_set=True),
+           "checkDuplicate": _a(R)},
+    others=REPLACE,
+)
+
+VOLUME = Rules(
+    "docker:index/volume:Volume",
+    source="resource_docker_volume.go (name, labels, driver, driver_opts ForceNew; Update only for cluster "
+           "volumes' availability)",
+    attrs={"name": _a(R, computed=True), "labels": _a(R, is_set=True), "driver": _a(R, computed=True),
+           "driverOpts": _a(R)},
+    others=REPLACE,
+)
+
+REMOTE_IMAGE = Rules(
+    "docker:index/remoteImage:RemoteImage",
+    source="resource_docker_image.go (name, pull_triggers, triggers, platform, build ForceNew; keep_locally and "
+           "force_remove only recorded: resourceDockerImageUpdate re-reads the image)",
+    attrs={"name": _a(R), "pullTriggers": _a(R, is_set=True), "triggers": _a(R), "platform": _a(R, default=""),
+           "build": _a(R), "keepLocally": _a(S), "forceRemove": _a(S)},
+    others=REPLACE,
+)
+
+# pulumi-docker's own Image resource (provider/provider.go): Check adds build.contextDigest; Diff
+# reports any changed input as an update (DIFF_SOME without replace keys); Update rebuilds.
+IMAGE = Rules(
+    "docker:index/image:Image",
+    source="pulumi-docker provider/provider.go (Check: build.contextDigest; Diff: every change an update; "
+           "Update: build again; Delete: nothing)",
+    attrs={},
+    others=UPDATE,
+)
+
+# terraform-provider-random resource_password.go and terraform-provider-tls: every argument
+# RequiresReplace (plan modifiers), so any change generates a new value.
+RANDOM_PASSWORD = Rules("random:index/randomPassword:RandomPassword",
+                        source="terraform-provider-random internal/provider/resource_password.go (RequiresReplace)",
+                        attrs={}, others=REPLACE)
+PRIVATE_KEY = Rules("tls:index/privateKey:PrivateKey",
+                    source="terraform-provider-tls internal/provider/resource_private_key.go (RequiresReplace)",
+                    attrs={}, others=REPLACE)
+SELF_SIGNED_CERT = Rules("tls:index/selfSignedCert:SelfSignedCert",
+                         source="terraform-provider-tls internal/provider/resource_self_signed_cert.go "
+                                "(RequiresReplace)",
+                         attrs={}, others=REPLACE)
+
+RULES = {r.type: r for r in (CONTAINER, NETWORK, VOLUME, REMOTE_IMAGE, IMAGE, RANDOM_PASSWORD, PRIVATE_KEY,
+                             SELF_SIGNED_CERT)}
+
+
+def rules_for(typ: str) -> Rules:
+    try:
+        return RULES[typ]
+    except KeyError:
+        raise KeyError(f"resource type {typ} is not modelled by the stack emulator (stack_emulator/schema.py)") \
+            from None
+
+
+@dataclass
+class Diff:
+    """The provider's answer for one resource: which inputs changed and what each change means."""
+    changed: dict  # input key -> REPLACE | UPDATE | RECORD
+    unknown: set = field(default_factory=set)  # keys whose new value is known only after apply
+
+    @property
+    def replace_keys(self) -> list[str]:
+        return sorted(k for k, v in self.changed.items() if v == REPLACE)
+
+    @property
+    def update_keys(self) -> list[str]:
+        return sorted(k for k, v in self.changed.items() if v == UPDATE)
+
+    @property
+    def record_keys(self) -> list[str]:
+        return sorted(k for k, v in self.changed.items() if v == RECORD)
+
+
+def _canonical(value, attr: Attr | None):
+    """A value as the provider compares it: secrets revealed, block defaults filled, sets unordered."""
+    value = reveal(value)
+    if attr is not None and attr.element_defaults:
+        if isinstance(value, list):
+            value = [{**attr.element_defaults, **v} if isinstance(v, dict) else v for v in value]
+        elif isinstance(value, dict):
+            value = {**attr.element_defaults, **value}
+    if attr is not None and attr.is_set and isinstance(value, list):
+        value = sorted(value, key=lambda v: json.dumps(v, sort_keys=True))
+    return json.dumps(value, sort_keys=True)
+
+
+def diff(typ: str, old: dict, new: dict) -> Diff:
+    """Compare old and new inputs of one resource of type ``typ`` as its provider does."""
+    rules = rules_for(typ)
+    result = Diff({})
+    for key in sorted(set(old) | set(new)):
+        attr = rules.attrs.get(key)
+        on_change = attr.on_change if attr is not None else rules.others
+        if on_change is None:
+            raise KeyError(f"{typ}: input {key!r} is not in the emulator's schema (stack_emulator/schema.py)")
+        default = attr.default if attr is not None else _MISSING
+        has_old, has_new = key in old, key in new
+        if not has_new and attr is not None and attr.computed:
+            continue  # Optional+Computed: the provider keeps the value it has
+        old_v = old[key] if has_old else (None if default is _MISSING else default)
+        new_v = new[key] if has_new else (None if default is _MISSING else default)
+        if is_unknown(new_v) or _has_unknown(new_v):
+            result.changed[key] = on_change
+            result.unknown.add(key)
+            continue
+        if old_v in (None, [], {}) and new_v in (None, [], {}):
+            continue
+        if _canonical(old_v, attr) != _canonical(new_v, attr):
+            result.changed[key] = on_change
+    return result
+
+
+def _has_unknown(value) -> bool:
+    from .values import has_unknown
+    return has_unknown(value)

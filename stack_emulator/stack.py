@@ -1,0 +1,371 @@
+"""`make stack-up|stack-preview|stack-down|stack-status`: one stack of this repository on a Docker
+engine, changed the way `pulumi up` changes it, without the Pulumi CLI.
+
+``up``: check what needs no engine (the stack name, the program over the stack file), then run the
+program with the stack's state (images made real on the engine), plan against the state
+(plan.py), print the plan, apply it (apply.py), record the state and write
+``var/stack-<stack>.env`` for operators, tests and playbooks. ``preview`` prints the plan only.
+``down`` is `pulumi destroy`. Users deploy with `pulumi up`; docs/pulumi.md says what this emulator
+models and what only a real `pulumi up` shows.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from . import state as state_mod
+from .apply import ApplyFailed, apply
+from .docker_provider import NOT_RUN, DockerProvider, ProviderError
+from .outputs import NOT_AVAILABLE
+from .engine import EngineMissing, engine_client
+from .images import ImageError, Images
+from .plan import Plan, PlanError, destroy_plan, make_plan
+from .program import CONTAINER, VOLUME, Graph, ImagesFailed, ProgramFailed, program_error, run_program, stacks
+from .state import StackState, StateLocked, stack_dir
+from .values import reveal
+
+ROOT = Path(__file__).resolve().parents[1]
+VAR = ROOT / "var"
+# Resources whose values a kept volume needs again: the generated secrets the data was created with.
+SECRET_TYPES = {"random:index/randomPassword:RandomPassword", "tls:index/privateKey:PrivateKey",
+                "tls:index/selfSignedCert:SelfSignedCert"}
+
+
+class StackError(Exception):
+    """One line: what stopped the run and what to do."""
+
+
+@dataclass
+class RunningStack:
+    stack: str
+    prefix: str
+    graph: Graph
+    state: StackState
+    env_file: Path
+    env: dict[str, str]
+    plan: Plan | None = None
+    timings: dict | None = None
+    var_dir: Path = VAR
+
+    def resource(self, logical: str):
+        return next(r for r in self.state.live() if r.name == logical and r.type == CONTAINER)
+
+    def container(self, logical: str) -> str:
+        """Docker name of the container the program calls ``logical`` (e.g. "gateway-container")."""
+        return reveal(self.resource(logical).inputs)["name"]
+
+    def host_port(self, logical: str, port: str) -> int:
+        c = engine_client().containers.get(self.container(logical))
+        return int(c.attrs["NetworkSettings"]["Ports"][port][0]["HostPort"])
+
+    def replicas(self) -> list[str]:
+        return [self.container(r.name) for r in self.graph.replicas()]
+
+    def containers(self) -> dict[str, str]:
+        """Logical name -> Docker name of every container the stack runs."""
+        return {r.name: reveal(r.inputs)["name"] for r in self.state.live()
+                if r.type == CONTAINER and NOT_RUN not in r.outputs}
+
+    def not_run(self) -> dict[str, str]:
+        """Logical name -> why, for the containers whose image cannot be had here (Grafana)."""
+        return {r.name: r.outputs[NOT_RUN] for r in self.state.live() if r.type == CONTAINER and NOT_RUN in r.outputs}
+
+    def images(self) -> dict[str, str]:
+        """Image reference -> image id, for every image the stack runs."""
+        out = {}
+        for r in self.state.live():
+            if r.type == "docker:index/remoteImage:RemoteImage" and not str(r.outputs.get("imageId", "")).startswith(
+                    NOT_AVAILABLE):
+                out[reveal(r.inputs)["name"]] = r.outputs["imageId"]
+            elif r.type == "docker:index/image:Image":
+                out[reveal(r.inputs)["imageName"]] = r.outputs["repoDigest"]
+        return out
+
+    def published(self) -> dict[tuple[str, str], tuple[str, int]]:
+        """(container, "443/tcp") -> (host ip, host port) of every published port."""
+        client = engine_client()
+        out = {}
+        for name in self.containers().values():
+            for port, bindings in (client.containers.get(name).attrs["NetworkSettings"]["Ports"] or {}).items():
+                for b in bindings or []:
+                    out[(name, port)] = (b["HostIp"], int(b["HostPort"]))
+        return out
+
+
+def check_stack(stack: str) -> None:
+    if stack not in stacks():
+        raise StackError(f"unknown stack {stack!r}: the stacks are {', '.join(stacks())} (Pulumi.<stack>.yaml)")
+
+
+def check(stack: str, var_dir: Path = VAR, config: dict | None = None) -> None:
+    """Everything that needs no engine: the stack name, and the program over the stack file."""
+    check_stack(stack)
+    st = state_mod.load(stack, var_dir)
+    _program(stack, "preview", st, _config(_settings(st, None, None, config)), realise=False)
+
+
+def _program(stack: str, mode: str, st: StackState, config: dict, realise: bool) -> Graph:
+    try:
+        return run_program(stack, mode=mode, config=config, prior=st.prior(), realise_images=realise)
+    except ImagesFailed as exc:
+        raise StackError(f"stack {stack} not started: {exc}") from None
+    except ProgramFailed as exc:
+        raise StackError(f"the Pulumi program rejects Pulumi.{stack}.yaml: {program_error(exc)}") from None
+
+
+def _settings(st: StackState, prefix: str | None, ports: str | None, config: dict | None) -> dict:
+    """The emulator's own settings for this stack, kept in its state between runs."""
+    s = st.settings
+    if prefix is not None:
+        s["prefix"] = prefix
+    if ports is not None:
+        s["ports"] = ports
+    if config is not None:
+        s["config"] = config
+    s.setdefault("ports", "exact")
+    s.setdefault("config", {})
+    s.setdefault("port_map", {})
+    return s
+
+
+def _config(s: dict) -> dict:
+    return {**({"namePrefix": s["prefix"]} if s.get("prefix") else {}), **s.get("config", {})}
+
+
+def preview(stack: str, *, var_dir: Path = VAR, config: dict | None = None) -> Plan:
+    """`pulumi preview`: the plan against the stack's state; needs no engine, builds nothing."""
+    check_stack(stack)
+    st = state_mod.load(stack, var_dir)
+    s = _settings(st, None, None, config)
+    graph = _program(stack, "preview", st, _config(s), realise=False)
+    try:
+        return make_plan(st, graph)
+    except PlanError as exc:
+        raise StackError(str(exc)) from None
+
+
+def up(stack: str, *, prefix: str | None = None, ports: str | None = None, var_dir: Path = VAR,
+       config: dict | None = None, replace: tuple[str, ...] = (), publish_models: bool = True,
+       quiet: bool = False) -> RunningStack:
+    """`pulumi up` of ``stack`` (``config`` overrides stack-file keys as `pulumi config set` would;
+    ``prefix`` and ``ports`` are the emulator's: a name prefix, and "free" to publish every host port
+    on a free loopback port; ``replace``: logical names to replace, as `pulumi up --replace`).
+    Raises StackError with one line."""
+    check_stack(stack)
+    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        with state_mod.locked(stack, var_dir):
+            st = state_mod.load(stack, var_dir)
+            s = _settings(st, prefix, ports, config)
+            # Everything that needs no engine first: the stack file through the program.
+            _program(stack, "preview", st, _config(s), realise=False)
+            try:
+                client = engine_client()
+            except EngineMissing as exc:
+                raise StackError(str(exc)) from None
+            images = Images(client)
+            missing = images.unbuildable()
+            if missing:
+                raise StackError("; ".join(missing))
+            graph = _program(stack, "up", st, _config(s), realise=True)
+            try:
+                plan = make_plan(st, graph, set(replace))
+            except PlanError as exc:
+                raise StackError(str(exc)) from None
+            provider = DockerProvider(client, images, s["ports"], s["port_map"])
+            _preflight(plan, provider)
+            say(plan.render())
+            try:
+                timings = apply(plan, st, provider)
+            except ApplyFailed as exc:
+                st.save()
+                raise StackError(f"stack {stack}: pulumi up failed: {exc} — nothing was rolled back (volumes and "
+                                 f"data stay); fix the cause and run make stack-up STACK={stack} again, or "
+                                 f"make stack-down STACK={stack}") from None
+            st.exports = graph.exports
+            st.save()
+            run = RunningStack(stack, _prefix(graph), graph, st, var_dir / f"stack-{stack}.env", {}, plan, timings,
+                               var_dir)
+            run.env = write_env(run)
+            if publish_models:
+                _publish_models(run, client)
+            return run
+    except StateLocked as exc:
+        raise StackError(str(exc)) from None
+    except (ImageError, ProviderError) as exc:
+        raise StackError(f"stack {stack} not started: {exc}") from None
+
+
+def _preflight(plan: Plan, provider: DockerProvider) -> None:
+    """Before anything changes: every input translatable, every host port it will publish free."""
+    for step in plan.steps:
+        if step.op in ("create", "replace", "update") and step.new is not None:
+            provider.check(step.new)
+    for step in plan.steps:
+        if step.op not in ("create", "replace") or step.new is None:
+            continue
+        held = set()
+        if step.old is not None:  # the old container of a replacement holds its own ports
+            held = {f"{p.get('ip', '0.0.0.0')}:{p.get('external')}" for p in reveal(step.old.inputs).get("ports", [])}
+        for address in provider.taken_ports(step.new):
+            if address not in held:
+                raise StackError(f"host port {address} ({step.name}) is already taken: stop what listens there, or "
+                                 f"move it in Pulumi.{plan.stack}.yaml (STACK_PORTS=free publishes every port on a "
+                                 f"free loopback port instead)")
+
+
+def _prefix(graph: Graph) -> str:
+    return graph.export("replica_names")[0].rsplit("-service-", 1)[0]
+
+
+def down(stack: str, *, keep_volumes: bool = False, exclude_protected: bool = False, unprotect: bool = False,
+         var_dir: Path = VAR, quiet: bool = False) -> list[str]:
+    """`pulumi destroy`. ``keep_volumes``: keep every volume and the generated secrets their data
+    was made with (so a later up reopens them), as `pulumi destroy --exclude-protected` would if
+    those were protected; ``exclude_protected``: keep what is protected; ``unprotect``: destroy it
+    too. Returns the Docker names removed."""
+    check_stack(stack)
+    path = stack_dir(stack, var_dir) / "state.json"
+    if not path.is_file():
+        return []
+    try:
+        with state_mod.locked(stack, var_dir):
+            st = state_mod.load(stack, var_dir)
+            keep = set()
+            if keep_volumes:
+                keep |= {r.urn for r in st.live() if r.type == VOLUME or r.type in SECRET_TYPES}
+            if exclude_protected:
+                keep |= {r.urn for r in st.live() if r.options.get("protect")}
+            if unprotect:
+                for r in st.resources:
+                    r.options["protect"] = False
+            try:
+                plan = destroy_plan(st, exclude=keep)
+            except PlanError as exc:
+                raise StackError(f"stack-down {stack}: {exc}") from None
+            if not quiet:
+                print(plan.render(), file=sys.stderr, flush=True)
+            client = engine_client()
+            try:
+                apply(plan, st, DockerProvider(client, Images(client), st.settings.get("ports", "exact"),
+                                               st.settings.get("port_map", {})))
+            except ApplyFailed as exc:
+                raise StackError(f"stack-down {stack} failed: {exc}") from None
+            removed = [reveal(s.old.inputs).get("name", s.name) for s in plan.deletes
+                       if s.type in (CONTAINER, VOLUME, "docker:index/network:Network")]
+            if not st.resources:
+                path.unlink()
+            else:
+                st.save()
+            (var_dir / f"stack-{stack}.env").unlink(missing_ok=True)
+            return removed
+    except StateLocked as exc:
+        raise StackError(str(exc)) from None
+    except EngineMissing as exc:
+        raise StackError(str(exc)) from None
+
+
+def status(stack: str, var_dir: Path = VAR) -> list[tuple[str, str, str]]:
+    """(container, state, health) of each container the stack's state records."""
+    check_stack(stack)
+    st = state_mod.load(stack, var_dir)
+    if not st.live():
+        return []
+    try:
+        client = engine_client()
+    except EngineMissing as exc:
+        raise StackError(str(exc)) from None
+    out = []
+    for r in st.live():
+        if r.type != CONTAINER:
+            continue
+        name = reveal(r.inputs)["name"]
+        if NOT_RUN in r.outputs:
+            out.append((name, "not run", r.outputs[NOT_RUN]))
+            continue
+        try:
+            c = client.containers.get(name)
+            out.append((name, c.status, (c.attrs["State"].get("Health") or {}).get("Status", "-")))
+        except docker.errors.NotFound:
+            out.append((name, "missing", "-"))
+    return out
+
+
+def _publish_models(run: RunningStack, client: docker.DockerClient) -> None:
+    """Staging and prod mount an empty models volume at first: publish `make model`'s models into it
+    with the ops playbook operators use (playbooks/models.yml), once, while it is empty."""
+    try:
+        ops = client.containers.get(run.container("ops-container"))
+    except (StopIteration, docker.errors.NotFound):
+        return
+    if not any(m["Destination"] == "/models" for m in ops.attrs["Mounts"]):
+        return
+    if ops.exec_run(["sh", "-c", "ls -A /models"]).output.strip():
+        return
+    proc = playbook(run.stack, "models.yml", "-e", f"models_src={ROOT / 'service/models'}", prefix=run.prefix,
+                    env=run.env)
+    if proc.returncode != 0:
+        failed = [line for line in proc.stdout.splitlines() if "FAILED" in line or '"msg"' in line]
+        raise StackError(f"publishing models into stack {run.stack} failed: "
+                         f"{(failed or [proc.stdout[-500:]])[-1].strip()}")
+
+
+def playbook(stack: str, name: str, *args: str, prefix: str, env: dict | None = None,
+             timeout: float = 900) -> subprocess.CompletedProcess:
+    """ansible-playbook -i inventories/<stack> playbooks/<name> for the stack whose containers are
+    named <prefix>-*, as an operator runs it (the venv's Ansible, the repository's ansible.cfg)."""
+    bin_dir = Path(sys.executable).parent
+    full_env = {**os.environ, "STACK_PREFIX": prefix, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+                "ANSIBLE_NOCOLOR": "1", **(env or {})}
+    return subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(ROOT / "inventories" / stack),
+                           str(ROOT / "playbooks" / name), *args],
+                          capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=timeout)
+
+
+def write_env(run: RunningStack) -> dict[str, str]:
+    """var/stack-<stack>.env (0600): what people, tests and playbooks need to reach the stack."""
+    folder = stack_dir(run.stack, run.var_dir)
+    ca = folder / "ca.pem"
+    ca.write_text(run.graph.container("gateway-container").upload("/etc/nginx/tls/server.crt"))
+    https = run.host_port("gateway-container", "443/tcp")
+    url = run.graph.export("url")
+    env = {
+        "STACK": run.stack,
+        "STACK_PREFIX": run.prefix,
+        "GATEWAY_URL": f"https://localhost:{https}",
+        "GATEWAY_HTTP_URL": f"http://localhost:{run.host_port('gateway-container', '80/tcp')}",
+        # The name the stack serves (its certificate also names localhost, which GATEWAY_URL uses).
+        "GATEWAY_SERVER_NAME": urllib.parse.urlsplit(url).hostname,
+        "CA_CERT": str(ca),
+        "PROMETHEUS_URL": f"http://127.0.0.1:{run.host_port('monitoring-prometheus', '9090/tcp')}",
+        "PREDICTION_API_KEY": run.graph.export("api_key"),
+        "PREDICTION_DB_PASSWORD": run.graph.export("db_password"),
+        # What the ops playbooks read (inventories/<stack>): the gateway the health check goes
+        # through, and the CA it trusts.
+        "PREDICTION_GATEWAY_URL": f"https://localhost:{https}",
+        "PREDICTION_GATEWAY_CA": str(ca),
+    }
+    fd = os.open(run.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"# Written by `make stack-up STACK={run.stack}`: `set -a; . {run.env_file}; set +a`\n")
+        f.writelines(f"{k}={shlex.quote(str(v))}\n" for k, v in env.items())
+    return env
+
+
+def load_running(stack: str, var_dir: Path = VAR) -> RunningStack:
+    """A stack an earlier `up` left running, from its state (no program run)."""
+    st = state_mod.load(stack, var_dir)
+    if not st.resources:
+        raise StackError(f"stack {stack} is not up")
+    graph = Graph({"stack": stack, "resources": [
+        {"urn": r.urn, "type": r.type, "name": r.name, "custom": r.custom, "parent": r.parent, "inputs": r.inputs,
+         "outputs": r.outputs, "options": r.options} for r in st.live()], "exports": st.exports, "logs": []})
+    return RunningStack(stack, _prefix(graph), graph, st, var_dir / f"stack-{stack}.env", {}, var_dir=var_dir)
