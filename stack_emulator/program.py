@@ -94,9 +94,10 @@ def _env() -> dict:
 def program_error(exc: ProgramFailed) -> str:
     """The one line of a failed program run that says what is wrong (its exception message)."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
-    reason = next((line for line in reversed(lines) if re.match(r"^\w*(Error|Exception)\b", line.strip())),
+    reason = next((line for line in reversed(lines) if re.match(r"^[\w.]*(Error|Exception)\b", line.strip())),
                   lines[-1] if lines else "")
-    return reason.strip()
+    # "config.ConfigError: prediction-platform:… must …" -> the message itself
+    return re.sub(r"^[\w.]*(Error|Exception): ", "", reason.strip())
 
 
 @dataclass

@@ -136,8 +136,10 @@ IMAGE = Rules(
     others=UPDATE,
 )
 
-# terraform-provider-random resource_password.go and terraform-provider-tls: every argument
-# RequiresReplace (plan modifiers), so any change generates a new value.
+# hashicorp/terraform-provider-random and -tls (which pulumi-random and pulumi-tls bundle): every
+# argument has a RequiresReplace plan modifier, so any change generates a new value — except the
+# certificate's early_renewal_hours, which is only recorded. (Not modelled: the certificate's
+# ready_for_renewal, which makes a later run replace it inside the early renewal window.)
 RANDOM_PASSWORD = Rules("random:index/randomPassword:RandomPassword",
                         source="terraform-provider-random internal/provider/resource_password.go (RequiresReplace)",
                         attrs={}, others=REPLACE)
@@ -146,8 +148,8 @@ PRIVATE_KEY = Rules("tls:index/privateKey:PrivateKey",
                     attrs={}, others=REPLACE)
 SELF_SIGNED_CERT = Rules("tls:index/selfSignedCert:SelfSignedCert",
                          source="terraform-provider-tls internal/provider/resource_self_signed_cert.go "
-                                "(RequiresReplace)",
-                         attrs={}, others=REPLACE)
+                                "(RequiresReplace; early_renewal_hours without it)",
+                         attrs={"earlyRenewalHours": _a(S, default=0)}, others=REPLACE)
 
 RULES = {r.type: r for r in (CONTAINER, NETWORK, VOLUME, REMOTE_IMAGE, IMAGE, RANDOM_PASSWORD, PRIVATE_KEY,
                              SELF_SIGNED_CERT)}

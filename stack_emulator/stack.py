@@ -14,6 +14,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ class RunningStack:
     plan: Plan | None = None
     timings: dict | None = None
     var_dir: Path = VAR
+    apply_seconds: float = 0.0  # the plan's steps, from the first to every container healthy
 
     def resource(self, logical: str):
         return next(r for r in self.state.live() if r.name == logical and r.type == CONTAINER)
@@ -183,6 +185,7 @@ def up(stack: str, *, prefix: str | None = None, ports: str | None = None, var_d
             provider = DockerProvider(client, images, s["ports"], s["port_map"])
             _preflight(plan, provider)
             say(plan.render())
+            started = time.monotonic()
             try:
                 timings = apply(plan, st, provider)
             except ApplyFailed as exc:
@@ -193,7 +196,7 @@ def up(stack: str, *, prefix: str | None = None, ports: str | None = None, var_d
             st.exports = graph.exports
             st.save()
             run = RunningStack(stack, _prefix(graph), graph, st, var_dir / f"stack-{stack}.env", {}, plan, timings,
-                               var_dir)
+                               var_dir, apply_seconds=time.monotonic() - started)
             run.env = write_env(run)
             if publish_models:
                 _publish_models(run, client)

@@ -80,6 +80,7 @@ def stacks(docker_engine):
                   f"(images already built; {len(run.plan.steps)} resources); gateway {run.env['GATEWAY_URL']}")
             running[stack] = StackClient(run)
             running[stack].up_seconds = time.monotonic() - started
+            running[stack].first_apply_seconds = run.apply_seconds
         return running[stack]
 
     def stop_all():

@@ -104,11 +104,11 @@ INSERT INTO schema_migrations (version, name) VALUES (99, 'drill') ON CONFLICT D
 
 
 def test_a_failing_migration_keeps_the_old_release_serving_and_a_plain_up_after_the_fix_deploys(prod):
-    derived_image(prod, "migration-drill", ["COPY 0099_drill.sql /app/migrations/0099_drill.sql"],
+    derived_image(prod, "0.99-migration-drill", ["COPY 0099_drill.sql /app/migrations/0099_drill.sql"],
                   {"0099_drill.sql": DRILL_MIGRATION})
     replicas = replica_state(prod)
     volumes_before = {v.name for v in prod.docker.volumes.list() if v.name.startswith(prod.prefix + "-")}
-    config = {"service": {"image": "prediction-service:migration-drill", "migrateTimeoutSeconds": 20}}
+    config = {"service": {"image": "prediction-service:0.99-migration-drill", "migrateTimeoutSeconds": 20}}
     try:
         rows_before = settled_rows(prod)
         with prod.load() as load:
