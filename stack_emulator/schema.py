@@ -33,6 +33,12 @@ class Attr:
     is_set: bool = False
     # Defaults inside each element of a block (a list/set of objects, or a one-item block).
     element_defaults: dict = field(default_factory=dict)
+    # A block whose nested attributes do not all share its rule: the rule of each nested key (keys not
+    # named take ``on_change``), and whether a change in the number of elements forces a new resource
+    # (the terraform-plugin-sdk applies a block's ForceNew to its element count only:
+    # helper/schema/schema.go diffList/diffSet, countSchema).
+    nested: dict | None = None
+    count_forces_new: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,11 @@ CONTAINER = Rules(
         "publishAllPorts": _a(R), "workingDir": _a(R), "capabilities": _a(R),
         "securityOpts": _a(R, computed=True, is_set=True), "runtime": _a(R, computed=True),
         "platform": _a(R, computed=True), "stopSignal": _a(R, computed=True), "stopTimeout": _a(R, computed=True),
-        "mounts": _a(R, is_set=True), "volumes": _a(R, is_set=True),
+        # mounts is ForceNew, but of its nested attributes only tmpfs_options and volume_options.subpath
+        # are: another mount forces a new container, a changed source or target is only recorded.
+        "mounts": _a(S, is_set=True, count_forces_new=True,
+                     nested={"tmpfsOptions": _a(R), "volumeOptions": _a(S, nested={"subpath": _a(R)})}),
+        "volumes": _a(R, is_set=True),
         "ports": _a(R, element_defaults={"ip": "0.0.0.0", "protocol": "tcp"}),
         "hosts": _a(R, is_set=True), "ulimits": _a(R, is_set=True), "envs": _a(R, computed=True, is_set=True),
         "privileged": _a(R), "devices": _a(R, is_set=True), "deviceRequests": _a(R),
@@ -216,9 +226,42 @@ def diff(typ: str, old: dict, new: dict) -> Diff:
             continue
         if old_v in (None, [], {}) and new_v in (None, [], {}):
             continue
-        if _canonical(old_v, attr) != _canonical(new_v, attr):
-            result.changed[key] = on_change
+        kind = _change(attr, old_v, new_v) if attr is not None else (
+            on_change if _canonical(old_v, None) != _canonical(new_v, None) else None)
+        if kind is not None:
+            result.changed[key] = kind
     return result
+
+
+_SEVERITY = {None: 0, RECORD: 1, UPDATE: 2, REPLACE: 3}
+
+
+def _change(attr: Attr, old, new) -> str | None:
+    """What a difference between ``old`` and ``new`` of one attribute means (None: no difference)."""
+    if _canonical(old, attr) == _canonical(new, attr):
+        return None
+    if attr.nested is None:
+        return attr.on_change
+    olds = old if isinstance(old, list) else ([] if old in (None, {}) else [old])
+    news = new if isinstance(new, list) else ([] if new in (None, {}) else [new])
+    if len(olds) != len(news):
+        return REPLACE if attr.count_forces_new else attr.on_change
+    if attr.is_set:  # the elements that left and came, paired in a stable order
+        key = lambda v: _canonical(v, None)  # noqa: E731
+        gone = sorted((o for o in olds if key(o) not in {key(n) for n in news}), key=key)
+        came = sorted((n for n in news if key(n) not in {key(o) for o in olds}), key=key)
+        pairs = list(zip(gone, came))
+    else:
+        pairs = list(zip(olds, news))
+    worst = None
+    for o, n in pairs:
+        o, n = (o if isinstance(o, dict) else {}), (n if isinstance(n, dict) else {})
+        for k in set(o) | set(n):
+            sub = attr.nested.get(k, Attr(attr.on_change))
+            kind = _change(sub, o.get(k), n.get(k))
+            if _SEVERITY[kind] > _SEVERITY[worst]:
+                worst = kind
+    return worst
 
 
 def _has_unknown(value) -> bool:

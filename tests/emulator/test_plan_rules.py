@@ -215,3 +215,16 @@ def test_a_retained_resource_is_forgotten_not_deleted(tmp_state):
     old = graph(resource(VOLUME, "vol", {"name": "v"}, retainOnDelete=True))
     [step] = make_plan(tmp_state(old), graph()).deletes
     assert step.op == "delete" and step.retain
+
+
+def test_a_changed_mount_is_only_recorded_but_another_mount_replaces(tmp_state):
+    # mounts is ForceNew for its element count only; its target/source/type are not ForceNew, and
+    # resourceDockerContainerUpdate does not apply them.
+    mount = {"type": "bind", "source": "/", "target": "/host", "readOnly": True}
+    old = graph(resource(CONTAINER, "exporter", {**APP, "mounts": [mount]}))
+    moved = graph(resource(CONTAINER, "exporter", {**APP, "mounts": [{**mount, "source": "/srv"}]}))
+    [step] = make_plan(tmp_state(old), moved).changes
+    assert step.op == "update" and not step.engine_update and step.diff.record_keys == ["mounts"]
+    more = graph(resource(CONTAINER, "exporter", {**APP, "mounts": [mount, {**mount, "target": "/more"}]}))
+    [step] = make_plan(tmp_state(old), more).changes
+    assert step.op == "replace"
