@@ -43,6 +43,22 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class OrchestratorConfig:
+    """Where the workloads run (infra/runtime.py): "engine" = containers on one Docker engine;
+    "swarm" = services on a Docker Swarm, whose manager the provider talks to."""
+    kind: str = "engine"
+    # Swarm: how a service name resolves: "vip" (one virtual IP, IPVS balances) or "dnsrr" (every
+    # task's address; where the kernel has no IPVS, as on the machine the tests run on).
+    endpointMode: str = "vip"
+    # Swarm: encrypt the overlay networks' traffic between nodes (IPsec).
+    encryptOverlay: bool = False
+    # Swarm: the node label (value "true") of the node that keeps the database and its volume.
+    databaseNodeLabel: str = "prediction.database"
+    # Swarm: how long `pulumi up` waits for a service to converge before reporting it failed.
+    convergeTimeout: str = "5m"
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
     # Docker cannot publish ports of a container attached only to an internal network, so a stack
     # that publishes the database or Redis on the host must turn this off (validated below).
@@ -96,6 +112,9 @@ class ServiceConfig:
     # absolute paths are on the Docker host.
     modelsHostPath: Optional[str] = None
     maxRetryCount: int = 5
+    # Swarm: what each replica's task reserves on its node (the scheduler places by reservations).
+    cpusReserved: Optional[float] = None
+    memoryReservedMb: Optional[int] = None
     buildOnPreview: bool = False
     # How long `pulumi up` waits for the migrate job to report the database migrated (its create
     # fails after that, and the next `pulumi up` runs it again).
@@ -157,6 +176,7 @@ class Secrets:
 class PlatformConfig:
     stack: str
     namePrefix: str
+    orchestrator: OrchestratorConfig
     network: NetworkConfig
     database: DatabaseConfig
     cache: CacheConfig
@@ -248,8 +268,22 @@ def _validate(cfg: PlatformConfig) -> None:
     p = PROJECT
     _check(re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", cfg.namePrefix) is not None,
            f"{p}:namePrefix {cfg.namePrefix!r} is not a valid Docker name prefix (lowercase letters, digits, . _ -)")
+    o = cfg.orchestrator
+    _check(o.kind in ("engine", "swarm"), f"{p}:orchestrator.kind must be engine or swarm, got {o.kind!r}")
+    _check(o.endpointMode in ("vip", "dnsrr"), f"{p}:orchestrator.endpointMode must be vip or dnsrr, got {o.endpointMode!r}")
+    _check(re.fullmatch(r"\d+(s|m|h)", o.convergeTimeout) is not None,
+           f"{p}:orchestrator.convergeTimeout must look like 300s or 5m, got {o.convergeTimeout!r}")
+    if o.kind == "swarm":
+        for name, port in (("database.hostPort", cfg.database.hostPort), ("cache.hostPort", cfg.cache.hostPort)):
+            _check(port is None, f"{p}:{name} is set but orchestrator.kind is swarm: the data layer is reached on the "
+                                 f"overlay network (through the ops toolbox), never published; remove {name}")
+        _check(cfg.service.modelsHostPath is not None and cfg.service.modelsHostPath.startswith("/"),
+               f"{p}:service.modelsHostPath must be an absolute folder present on every node of the swarm (a "
+               f"named volume would be a different, empty one on each node), got {cfg.service.modelsHostPath!r}")
     s = cfg.service
     _check(1 <= s.replicas <= 20, f"{p}:service.replicas must be between 1 and 20, got {s.replicas}")
+    _check(s.migrateTimeoutSeconds >= 10, f"{p}:service.migrateTimeoutSeconds must be at least 10, got "
+                                          f"{s.migrateTimeoutSeconds}")
     _check(s.cpus is None or s.cpus > 0, f"{p}:service.cpus must be > 0, got {s.cpus}")
     for section, mem in (("service", s.memoryMb), ("database", cfg.database.memoryMb), ("cache", cfg.cache.memoryMb)):
         # Container.memory is in MB; a value like 1073741824 means someone typed bytes.
@@ -315,7 +349,7 @@ def _secret(config: pulumi.Config, key: str) -> Optional[pulumi.Output[str]]:
     return config.require_secret(key)
 
 
-SECTIONS = {"network": NetworkConfig, "database": DatabaseConfig, "cache": CacheConfig,
+SECTIONS = {"orchestrator": OrchestratorConfig, "network": NetworkConfig, "database": DatabaseConfig, "cache": CacheConfig,
             "service": ServiceConfig, "gateway": GatewayConfig, "monitoring": MonitoringConfig}
 
 
@@ -347,6 +381,7 @@ def load() -> PlatformConfig:
         namePrefix=config.get("namePrefix") or f"prediction-{stack}",
         requirePinnedImages=_coerce(config.get("requirePinnedImages") or "false", bool,
                                     f"{PROJECT}:requirePinnedImages"),
+        orchestrator=_section(OrchestratorConfig, obj("orchestrator"), "orchestrator"),
         network=_section(NetworkConfig, obj("network"), "network"),
         database=_section(DatabaseConfig, obj("database"), "database"),
         cache=_section(CacheConfig, obj("cache"), "cache"),

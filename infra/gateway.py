@@ -8,6 +8,7 @@ import pulumi_tls as tls
 import templates
 from config import PlatformConfig
 from network import Networks
+from runtime import File, Health, Port, Workload
 from service import PredictionService
 
 # Inside the container nginx always listens on the standard ports; the stack decides what the host publishes.
@@ -51,7 +52,7 @@ class Gateway(pulumi.ComponentResource):
     generated with pulumi-tls. Outputs: ``url`` (https), ``nginx_conf`` (the rendered configuration).
     """
 
-    def __init__(self, name: str, cfg: PlatformConfig, networks: Networks, service: PredictionService,
+    def __init__(self, name: str, cfg: PlatformConfig, runtime, networks: Networks, service: PredictionService,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("prediction:gateway:Gateway", name, None, opts)
         child_opts = pulumi.ResourceOptions(parent=self)
@@ -82,30 +83,22 @@ class Gateway(pulumi.ComponentResource):
             templates.NGINX_CONF, **nginx_variables(cfg, [f"{service.service_alias}:{service.port}"])))
 
         image = docker.RemoteImage(f"{name}-image", name=f"{g.image}:{g.tag}", keep_locally=True, opts=child_opts)
-        self.container = docker.Container(
-            f"{name}-container",
-            name=cfg.physical("gateway"),
+        self.container = runtime.run(Workload(
+            name=f"{name}-container",
+            host=cfg.physical("gateway"),
+            component="gateway",
             image=image.image_id,
-            uploads=[
-                docker.ContainerUploadArgs(file="/etc/nginx/nginx.conf", content=self.nginx_conf),
-                docker.ContainerUploadArgs(file=f"{TLS_DIR}/server.crt", content=cert_pem),
-                docker.ContainerUploadArgs(file=f"{TLS_DIR}/server.key", content=key_pem, permissions="0600"),
-            ],
-            ports=[
-                docker.ContainerPortArgs(internal=HTTPS_PORT, external=g.httpsPort, ip=g.bindAddress),
-                docker.ContainerPortArgs(internal=HTTP_PORT, external=g.httpPort, ip=g.bindAddress),
-            ],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.app.name)],
-            healthcheck=docker.ContainerHealthcheckArgs(
-                tests=["CMD-SHELL", "kill -0 \"$(cat /var/run/nginx.pid)\""],
-                interval="10s", timeout="3s", retries=3, start_period="5s"),
-            restart="unless-stopped",
-            wait=True,
-            destroy_grace_seconds=SHUTDOWN_GRACE_SECONDS,
-            labels=[docker.ContainerLabelArgs(label="com.prediction.stack", value=cfg.stack),
-                    docker.ContainerLabelArgs(label="com.prediction.component", value="gateway")],
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
-        )
+            files=[File("/etc/nginx/nginx.conf", self.nginx_conf), File(f"{TLS_DIR}/server.crt", cert_pem),
+                   File(f"{TLS_DIR}/server.key", key_pem, secret=True, mode=0o600)],
+            ports=[Port(HTTPS_PORT, g.httpsPort, g.bindAddress), Port(HTTP_PORT, g.httpPort, g.bindAddress)],
+            networks=[(networks.app, [])],
+            health=Health(["CMD-SHELL", "kill -0 \"$(cat /var/run/nginx.pid)\""], interval="10s", timeout="3s",
+                          retries=3, start_period="5s"),
+            stop_grace_seconds=SHUTDOWN_GRACE_SECONDS,
+            # The host ports are on the manager(s); a second nginx cannot take them while the first runs.
+            constraints=["node.role == manager"],
+            update_order="stop-first",
+        ), pulumi.ResourceOptions(parent=self, delete_before_replace=True))
         port_suffix = "" if g.httpsPort == 443 else f":{g.httpsPort}"
         self.url = pulumi.Output.from_input(f"https://{g.serverName}{port_suffix}/")
-        self.register_outputs({"url": self.url, "container_name": self.container.name})
+        self.register_outputs({"url": self.url, "name": self.container.name})

@@ -94,7 +94,7 @@ def migrate(argv: list[str]) -> int:
     in $PREDICTION_APP_DB_PASSWORD (the service's least-privilege login; migration 0005)."""
     import argparse
 
-    from .config import ConfigError, load_database_url, redact_url
+    from .config import ConfigError, load_database_url, redact_url, with_files
 
     parser = argparse.ArgumentParser(prog="python -m prediction_service migrate")
     parser.add_argument("--app-role", help=f"role to enable for the service, password from ${APP_PASSWORD_ENV}")
@@ -106,12 +106,13 @@ def migrate(argv: list[str]) -> int:
         os.remove(MIGRATED_MARKER)  # a restarted job is healthy again only once it has migrated again
     try:
         dsn = load_database_url()
+        password = with_files(os.environ).get(APP_PASSWORD_ENV, "")
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    password = os.environ.get(APP_PASSWORD_ENV, "")
     if args.app_role and not password:
-        print(f"configuration error: --app-role {args.app_role} needs its password in {APP_PASSWORD_ENV}",
+        print(f"configuration error: --app-role {args.app_role} needs its password in {APP_PASSWORD_ENV} "
+              f"(or a file named by {APP_PASSWORD_ENV}_FILE)",
               file=sys.stderr)
         return 2
     from .storage import MigrationError, apply_migrations, enable_login

@@ -1,4 +1,5 @@
-"""The real Pulumi program (infra/) run under mocks once per real stack file (Pulumi.<stack>.yaml).
+"""The real Pulumi program (infra/) run under mocks once per real stack file (Pulumi.<stack>.yaml) whose
+workloads are containers on one Docker engine (the swarm stack: test_pulumi_swarm.py).
 
 Each stack runs in its own interpreter (stack_runner.py) exactly as the CLI runs the program:
 cwd infra/, infra/ first on sys.path, __main__.py executed, preview off so every output is known.
@@ -13,7 +14,8 @@ import urllib.parse
 import pytest
 import yaml
 
-from pulumi_graph import (CONTAINER, IMAGE, NETWORK, ROOT, STACKS, VOLUME, Graph, ProgramFailed, is_secret, remote_image_id,
+from pulumi_graph import (CONTAINER, ENGINE_STACKS, IMAGE, NETWORK, ROOT, SERVICE, STACKS, VOLUME, Graph, ProgramFailed,
+                          is_secret, remote_image_id,
                           plain_strings, run_stack, stack_file)
 
 EXPECTED_REPLICAS = {"dev": 1, "staging": 2, "prod": 3}
@@ -32,7 +34,7 @@ COMPONENT_TYPES = {
 }
 
 
-@pytest.fixture(scope="module", params=STACKS)
+@pytest.fixture(scope="module", params=ENGINE_STACKS)
 def stack(request, tmp_path_factory) -> tuple[str, Graph, dict]:
     name = request.param
     try:
@@ -355,7 +357,8 @@ def test_prometheus_discovers_every_replica_and_loads_the_rules(stack):
     [sd] = job["dns_sd_configs"]
     assert (sd["names"], sd["type"], sd["port"]) == ([service_alias(graph, cfg)], "A", SERVICE_PORT)
     node = next(j for j in config["scrape_configs"] if j["job_name"] == "node")
-    assert node["static_configs"][0]["targets"][0] == f"{graph.container('monitoring-node-exporter').get('name')}:9100"
+    [sd] = node["dns_sd_configs"]
+    assert (sd["names"], sd["port"]) == ([graph.container("monitoring-node-exporter").get("name")], 9100)
     assert config["global"]["external_labels"] == {"environment": name}
     rules = sorted((ROOT / "dashboards/alerts").glob("*.rules.yml"))
     assert config["rule_files"] == [f"/etc/prometheus/rules/{r.name}" for r in rules]
@@ -492,6 +495,9 @@ def test_no_two_stacks_publish_the_same_host_address():
         for c in graph.of_type(CONTAINER):
             for p in c.ports():
                 published.setdefault(int(p["external"]), []).append((name, c.name, p.get("ip", "0.0.0.0")))
+        for svc in graph.of_type(SERVICE):  # host-mode ports of a Swarm service: every address of its node
+            for p in (svc.get("endpointSpec") or {}).get("ports", []):
+                published.setdefault(int(p["publishedPort"]), []).append((name, svc.name, "0.0.0.0"))
     for port, users in sorted(published.items()):
         for i, (stack_a, container_a, ip_a) in enumerate(users):
             for stack_b, container_b, ip_b in users[i + 1:]:

@@ -77,3 +77,20 @@ def test_migrate_needs_only_the_database_url():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "configuration error: PREDICTION_TIMESCALE_URL: is required but not set (see docs/CONTRACTS.md for its meaning)"]
+
+
+def test_secrets_may_come_from_files_as_docker_secrets_do(env, tmp_path):
+    """PREDICTION_<NAME>_FILE names a file holding the value (Docker secrets under /run/secrets/)."""
+    key = tmp_path / "api_key"
+    key.write_text("k" * 20 + "\n")
+    env = {k: v for k, v in env.items() if k != "PREDICTION_API_KEY"}
+    settings = load_settings({**env, "PREDICTION_API_KEY_FILE": str(key)})
+    assert settings.api_key == "k" * 20  # the trailing newline is not part of it
+    with pytest.raises(ConfigError, match="PREDICTION_API_KEY_FILE: cannot read .*/missing"):
+        load_settings({**env, "PREDICTION_API_KEY_FILE": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="PREDICTION_API_KEY_FILE: is set together with PREDICTION_API_KEY"):
+        load_settings({**env, "PREDICTION_API_KEY": "k" * 20, "PREDICTION_API_KEY_FILE": str(key)})
+    short = tmp_path / "short"
+    short.write_text("short")
+    with pytest.raises(ConfigError, match="PREDICTION_API_KEY: API key must be at least 16"):
+        load_settings({**env, "PREDICTION_API_KEY_FILE": str(short)})
