@@ -189,17 +189,18 @@ class Swarm:
 
     def restart(self, index: int, timeout: float = 90) -> float:
         """Stop the node cleanly (its dockerd stops its tasks) and start it again, as a reboot;
-        seconds until the manager sees it ready again."""
+        seconds until the manager sees it, and every other running node, ready again."""
         started = time.monotonic()
         node = self.node(index)
         _host().containers.get(node.name).restart(timeout=30)
         _wait_engine(node, timeout)
         _wait_member(node, timeout)
-        self.wait(lambda s: s.get(index, {}).get("state") == "ready", f"{node.name} ready after restart", timeout)
+        self._wait_running_ready(f"{node.name} ready after restart", timeout)
         return time.monotonic() - started
 
     def rejoin(self, index: int, fresh: bool = False, timeout: float = 90) -> float:
-        """Bring a killed (or stopped) node back; seconds until the manager sees it ready.
+        """Bring a killed (or stopped) node back; seconds until the manager sees it, and every other
+        running node, ready.
         By default the node starts again with its own data, as a machine that returns: it resumes
         its Swarm membership under the same node id, with its labels. ``fresh=True`` replaces it
         instead: the node leaves, its old entry is removed on the manager, it joins under a new id
@@ -220,8 +221,15 @@ class Swarm:
             _join(self, node)
             _set_labels(self, index, old.get("labels", {}))
         _wait_member(node, timeout)
-        self.wait(lambda s: s.get(index, {}).get("state") == "ready", f"{node.name} ready after rejoining", timeout)
+        self._wait_running_ready(f"{node.name} ready after rejoining", timeout)
         return time.monotonic() - started
+
+    def _wait_running_ready(self, what: str, timeout: float) -> None:
+        """Every node whose container runs is ready: after a manager returns, the workers show
+        "unknown" until their next heartbeat reaches it."""
+        host = _host()
+        running = {n.index for n in self.nodes if host.containers.get(n.name).status == "running"}
+        self.wait(lambda s: all(s.get(i, {}).get("state") == "ready" for i in running), what, timeout)
 
     def drain(self, index: int) -> None:
         """Availability drain: the Swarm moves the node's tasks elsewhere and places none there."""
@@ -274,6 +282,10 @@ def up(name_prefix: str, nodes: int = 3, managers: int = 1, labels: Mapping[int,
     run_dir = Path(run_dir) if run_dir else ROOT / "var/swarm" / name_prefix
     _check(name_prefix, nodes, managers, labels, ports, fixed, run_dir)
 
+    where = os.environ.get("DOCKER_HOST", "")
+    if where and not re.match(r"(unix://|tcp://(127\.0\.0\.1|localhost)[:/])", where):
+        raise SwarmError(f"DOCKER_HOST={where}: the swarm's nodes need the engine on this machine (their API "
+                         f"sockets are folders here, their ports on this loopback); unset DOCKER_HOST")
     host = _host()
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -444,7 +456,7 @@ def _resume(swarm: Swarm, labels: dict, timeout: float) -> None:
         c = host.containers.get(n.name)
         if c.status != "running":
             c.start()
-    _each(swarm.nodes, lambda n: _wait_engine(n, timeout))
+    _each(swarm.nodes, lambda n: (_wait_engine(n, timeout), _wait_member(n, timeout)))
     swarm.wait_ready(timeout)
     _apply_labels(swarm, labels)
 

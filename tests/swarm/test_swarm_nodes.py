@@ -4,8 +4,8 @@ service ls` through the manager's DOCKER_HOST, HTTP from the host's loopback to 
 publish in host mode, node loss and return, and nothing left on the engine after teardown.
 
 Cost on this 2-core machine (images built): the 3-node swarm once (~6 s, plus loading
-python:3.11-slim, 149 MB, into 3 nodes: 15-50 s by the machine's load), the 2-node swarms of the
-teardown tests (~6 s each), the services (~5-10 s each); about 1.5-2 minutes in all.
+python:3.11-slim, 156 MB, into 3 nodes: 18-40 s by the machine's load), the 2-node swarms of the
+teardown tests (~6 s each), the services (~5-10 s each); 98-136 s measured in all.
 """
 from __future__ import annotations
 
@@ -49,19 +49,23 @@ def test_three_nodes_one_manager_two_workers_ready_with_their_labels(swarm):
                           capture_output=True, text=True).returncode == 0
 
 
-def test_every_node_has_the_images_under_the_hosts_ids_and_up_again_loads_nothing(swarm):
+def test_every_node_has_the_images_under_the_hosts_ids_and_up_again_starts_a_stopped_node_and_loads_nothing(swarm):
     want = engine_client().images.get(SERVICE_IMAGE).id
     assert {n.index: n.client().images.get(SERVICE_IMAGE).id for n in swarm.nodes} == {1: want, 2: want, 3: want}
 
+    swarm.kill(2)
     started = time.monotonic()
     again = swarm_nodes.up(swarm.prefix, nodes=3, managers=1, labels={3: {"database": "true"}},
                            images=[SERVICE_IMAGE], ports=[8080, 8081, 8082], run_dir=swarm.run_dir, heartbeat=1)
     took = time.monotonic() - started
-    print(f"\n[swarm] up() on the running swarm: {took:.1f}s, loaded {again.transfer.loaded}")
+    print(f"\n[swarm] up() on the swarm with node 2 killed: {took:.1f}s, loaded {again.transfer.loaded}")
     assert again.transfer.loaded == {1: [], 2: [], 3: []}
     assert again.transfer.skipped == {i: [SERVICE_IMAGE] for i in (1, 2, 3)}
     assert [(n.name, n.ip) for n in again.nodes] == [(n.name, n.ip) for n in swarm.nodes]
-    assert {i: s["id"] for i, s in again.states().items()} == {i: s["id"] for i, s in swarm.states().items()}
+    states = again.states()
+    assert {i: s["id"] for i, s in states.items()} == {i: s["id"] for i, s in swarm.states().items()}
+    assert all(s["state"] == "ready" for s in states.values())
+    assert swarm.node(2).client().info()["Swarm"]["LocalNodeState"] == "active"
 
 
 def test_a_dnsrr_service_published_in_host_mode_answers_on_the_hosts_loopback_from_each_node(swarm, services):
@@ -142,10 +146,14 @@ def test_a_killed_worker_leaves_two_ready_its_task_runs_on_the_other_worker_and_
     assert states[3]["labels"] == {"database": "true"}
 
 
-def test_a_restarted_worker_is_ready_again(swarm):
-    took = swarm.restart(2)
-    print(f"\n[swarm] restart of node 2 (no tasks): ready again after {took:.1f}s")
-    assert swarm.states()[2]["state"] == "ready"
+def test_a_restarted_manager_resumes_the_swarm_with_every_node_ready_under_its_id(swarm):
+    ids = {i: s["id"] for i, s in swarm.states().items()}
+    took = swarm.restart(1)
+    print(f"\n[swarm] restart of the manager: it and both workers ready again after {took:.1f}s")
+    states = swarm.states()
+    assert all(s["state"] == "ready" for s in states.values())
+    assert {i: s["id"] for i, s in states.items()} == ids
+    assert states[3]["labels"] == {"database": "true"}
 
 
 def test_docker_host_pointing_at_a_node_is_refused_as_the_host_engine(swarm, monkeypatch):
