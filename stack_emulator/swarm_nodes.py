@@ -352,7 +352,7 @@ def down(name_prefix: str, run_dir: Path | None = None) -> list[str]:
         removed.append(f"container {c.name}")
     selector = {"label": f"{SWARM}={name_prefix}"}
     for net in host.networks.list(filters=selector):
-        net.remove()
+        _retry(net.remove, f"network {net.name}")
         removed.append(f"network {net.name}")
     for vol in host.volumes.list(filters=selector):
         _retry(vol.remove, f"volume {vol.name}")
