@@ -639,16 +639,27 @@ def test_gateway_carries_grpc_over_tls_to_every_grpc_upstream(tmp_path, nginx):
         gw["stop"]()
 
 
-def test_gateway_own_grpc_errors_are_grpc_statuses(tmp_path):
+@pytest.mark.parametrize("nginx", ["host", "image"], ids=["host-nginx", "gateway-image-1.27.3"])
+def test_gateway_own_grpc_errors_are_grpc_statuses(tmp_path, nginx):
     """What nginx answers itself to a gRPC call is a gRPC status with a message, never HTML or JSON."""
     import grpc
 
     slow = GrpcBackend("slow", delay=3)
-    gw = start_grpc_gateway(tmp_path, [slow], nginx_proxy_read_timeout="1s")
+    gw = start_grpc_gateway(tmp_path, [slow], image=gateway_image() if nginx == "image" else None,
+                            nginx_proxy_read_timeout="1s")
     port, cert = gw["https"], gw["cert"]
     try:
         other = grpc_call(port, cert, "/grpc.health.v1.Health/Check")
         assert other.code() == grpc.StatusCode.UNIMPLEMENTED and "inference.GRPCInferenceService" in other.details()
+        # On the wire as a gRPC server ends a failed call: 200, application/grpc, the status in trailers
+        # (gRPC-Go clients such as grpcurl take any other HTTP status, or no Content-Type, as UNKNOWN).
+        dump = subprocess.run(["curl", "-s", "--http2", "--cacert", str(cert), "-X", "POST", "-D", "-", "-o", "/dev/null",
+                               "-H", "content-type: application/grpc", "--data-binary", "",
+                               f"https://localhost:{port}/grpc.health.v1.Health/Check"],
+                              capture_output=True, text=True, timeout=30).stdout
+        headers, _, trailers = dump.partition("\n\n")  # text mode: CRLF read as LF
+        assert headers.startswith("HTTP/2 200") and "content-type: application/grpc" in headers.lower(), dump
+        assert "grpc-status: 12" in trailers and "grpc-status" not in headers, dump
         big = grpc_call(port, cert, f"{SERVICE}/ModelInfer", b"\0" * (3 << 20))
         assert big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "gateway limit of 2m" in big.details()
         late = grpc_call(port, cert)
