@@ -5,7 +5,8 @@ import pytest
 
 from host_expectations import run_ok
 
-LOOPBACK = {"127.0.0.1", "::1"}
+# gRPC listens on IPv6 sockets that also take IPv4: its 127.0.0.1 shows as the IPv4-mapped ::ffff:127.0.0.1.
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
 def _listeners(host) -> list[tuple[str, int, set[int]]]:
