@@ -296,6 +296,14 @@ async def test_bad_input_is_a_grpc_status_with_a_message(svc, case):
     assert fragment in err.value.details(), err.value.details()
 
 
+async def test_bytes_that_are_no_message_are_invalid_argument(svc):
+    call = svc.channel.unary_unary(INFER_METHOD)  # no serializer: the bytes go as they are
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(b"\xff\xff\xff", metadata=tuple(KEY.items()))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "the request is not a valid inference.ModelInferRequest message"
+
+
 async def test_metadata_rpcs_need_credentials_and_name_what_is_missing(svc):
     t = svc.triton
     for call in (lambda: t.get_server_metadata(), lambda: t.get_model_metadata("iris")):

@@ -18,6 +18,7 @@ import time
 
 import grpc
 from aiohttp import web
+from google.protobuf.message import DecodeError
 
 from .. import metrics
 from ..errors import ApiError
@@ -133,6 +134,8 @@ async def _guarded(state: ServiceState, handler, request, call: Call):
 
 def _method(state: ServiceState, name: str, handler, guarded: bool) -> grpc.RpcMethodHandler:
     endpoint = f"/{SERVICE_NAME}/{name}"
+    method = SERVICE.methods_by_name[name]
+    request_class = message_class(method.input_type.full_name)
     children: dict[grpc.StatusCode, tuple] = {}  # request metrics by status: a .labels() lookup costs more
 
     def count(code: grpc.StatusCode, seconds: float) -> None:
@@ -143,14 +146,19 @@ def _method(state: ServiceState, name: str, handler, guarded: bool) -> grpc.RpcM
         found[0].inc()
         found[1].observe(seconds)
 
-    async def call(request, context: grpc.aio.ServicerContext):
+    async def call(body: bytes, context: grpc.aio.ServicerContext):
         start = time.perf_counter()
         # Counted if the call ends otherwise: the client cancelled it or its own deadline passed.
         code = grpc.StatusCode.CANCELLED
         try:
             try:
+                # Parsed here, not by gRPC, whose failure to parse would be INTERNAL: bad bytes are the client's.
+                request = request_class.FromString(body)
                 c = Call(context)
                 response = await (_guarded(state, handler, request, c) if guarded else handler(state, request, c))
+            except DecodeError:
+                code, message = (grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"the request is not a valid {method.input_type.full_name} message")
             except ApiError as exc:
                 code, message = status_code(exc), exc.message
             except Exception as exc:  # noqa: BLE001 — a status and a message for every failure, never UNKNOWN
@@ -163,15 +171,15 @@ def _method(state: ServiceState, name: str, handler, guarded: bool) -> grpc.RpcM
         finally:
             count(code, time.perf_counter() - start)
 
-    method = SERVICE.methods_by_name[name]
     return grpc.unary_unary_rpc_method_handler(
-        call, request_deserializer=message_class(method.input_type.full_name).FromString,
-        response_serializer=message_class(method.output_type.full_name).SerializeToString)
+        call, response_serializer=message_class(method.output_type.full_name).SerializeToString)
 
 
 def service_handler(state: ServiceState) -> grpc.GenericRpcHandler:
     """Every RPC of the service, bound to ``state``."""
-    assert set(RPCS) == {m.name for m in SERVICE.methods}, "an RPC of the protocol has no handler"
+    if set(RPCS) != {m.name for m in SERVICE.methods}:
+        raise RuntimeError(f"the protocol's RPCs {sorted(m.name for m in SERVICE.methods)} and the handlers "
+                           f"{sorted(RPCS)} differ")
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME, {name: _method(state, name, handler, guarded) for name, (handler, guarded) in RPCS.items()})
 
