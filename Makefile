@@ -14,7 +14,7 @@ LOCALENV_VAR_DIR ?= $(CURDIR)/var
 APT_PACKAGES := postgresql-15 postgresql-client-15 redis-server redis-tools nginx prometheus \
 	prometheus-node-exporter wrk openssl curl ca-certificates python3-venv procps iproute2
 
-.PHONY: help deps system-deps timescaledb venv model test test-docker docker-engine stack-up stack-preview stack-down stack-status \
+.PHONY: help deps system-deps timescaledb venv model grpc-protoset test test-docker docker-engine stack-up stack-preview stack-down stack-status \
 	up down status bench bench-gateway preview deploy lint clean pristine-check
 
 help:
@@ -25,6 +25,7 @@ help:
 	@echo "make bench    benchmark one service process (ratios against a bare-aiohttp baseline), then the gateway"
 	@echo "make bench-gateway   only the gateway vs direct part (runs make up first)"
 	@echo "make model    (re)build the demo models into $(MODELS)/"
+	@echo "make grpc-protoset   recompile the vendored gRPC protocol (service/prediction_service/oip_grpc/) after changing it"
 	@echo "make timescaledb   give PostgreSQL 15 the pinned TimescaleDB (package, else build from TIMESCALEDB_SOURCE)"
 	@echo "make preview|deploy STACK=dev|staging|prod   pulumi preview / up for one stack"
 	@echo "make pristine-check   make test and make up on a pristine Debian 12 container, timed (root, Docker)"
@@ -65,6 +66,13 @@ model: $(STAMP)
 $(MODELS)/.built: service/training/train_demo_models.py | $(STAMP)
 	@$(MAKE) --no-print-directory model
 	@touch $@
+
+# The Open Inference Protocol's gRPC descriptor, compiled from the vendored .proto by protoc (grpcio-tools)
+# and committed: the service image needs no compiler. tests/service checks that it is current.
+OIP_GRPC := service/prediction_service/oip_grpc
+GRPC_PROTOSET ?= $(OIP_GRPC)/open_inference_grpc.protoset
+grpc-protoset:
+	@$(BIN)/python -m grpc_tools.protoc -I $(OIP_GRPC) --descriptor_set_out=$(GRPC_PROTOSET) open_inference_grpc.proto
 
 # The Docker suite (tests/docker) needs an engine: as root one is installed and started if none
 # answers; where that cannot be (not root, an unprivileged container) the suite is skipped with one

@@ -185,6 +185,8 @@ class ServiceEnvironment:
             "PREDICTION_JWT_SECRET": self.jwt_secret,
             "PREDICTION_HOST": "127.0.0.1",
             "PREDICTION_PORT": str(port),
+            # Its gRPC listener too, as deployed, on a port of its own (the default is one per host).
+            "PREDICTION_GRPC_PORT": str(free_port()),
             "PREDICTION_LOG_LEVEL": "WARNING",
         })
         env.update(extra)

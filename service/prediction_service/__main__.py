@@ -51,6 +51,7 @@ def serve() -> int:
     from aiohttp import web
 
     from .app import KEEPALIVE_TIMEOUT, create_app
+    from .oip_grpc.server import GrpcPortError
 
     log = logging.getLogger("prediction_service")
     app = create_app(settings)
@@ -69,10 +70,14 @@ def serve() -> int:
     gc.set_threshold(20_000, 20, 20)
     # SIGTERM/SIGINT: run_app stops accepting, waits up to shutdown_timeout for in-flight requests,
     # then runs the cleanup context (which flushes the prediction writer).
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None,
-                keepalive_timeout=KEEPALIVE_TIMEOUT,
-                shutdown_timeout=settings.request_timeout_seconds + 1.0,
-                loop=uvloop.new_event_loop(), print=None, handle_signals=True)
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, access_log=None,
+                    keepalive_timeout=KEEPALIVE_TIMEOUT,
+                    shutdown_timeout=settings.request_timeout_seconds + 1.0,
+                    loop=uvloop.new_event_loop(), print=None, handle_signals=True)
+    except GrpcPortError as exc:
+        log.error("%s", exc)
+        return 1
     log.info("stopped")
     return 0
 

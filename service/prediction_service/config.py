@@ -40,6 +40,7 @@ class Settings:
     jwt_secret: str
     host: str = "0.0.0.0"
     port: int = 8000
+    grpc_port: int = 8001  # the Open Inference Protocol over gRPC (oip_grpc/); 0 = off
     instance: str = ""
     cache_ttl_seconds: int = 300
     local_cache_size: int = 10000
@@ -167,6 +168,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "jwt_secret": _secret(MIN_JWT_SECRET_BYTES, "HS256 secret"),
     "host": _host,
     "port": _int_between(1, 65535),
+    "grpc_port": _int_between(0, 65535),
     "instance": _instance,
     "cache_ttl_seconds": _int_between(1),
     "local_cache_size": _int_between(0),
@@ -235,7 +237,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if unknown:
         # Not fatal (other tools may set their own PREDICTION_* names) but a typo should be visible.
         logging.getLogger(__name__).warning("ignoring unknown settings: %s", ", ".join(unknown))
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.grpc_port == settings.port:
+        raise ConfigError(env_name("grpc_port"), f"must differ from {env_name('port')} ({settings.port}): "
+                          "REST and gRPC listen on ports of their own (0 turns gRPC off)")
+    return settings
 
 
 def load_database_url(env: Mapping[str, str] | None = None) -> str:
