@@ -103,6 +103,9 @@ class ServiceConfig:
     # previous one. Unset: `pulumi up` builds service/Dockerfile as <imageName>:<stack>.
     image: Optional[str] = None
     port: int = 8000
+    # The Open Inference Protocol over gRPC on each replica (PREDICTION_GRPC_PORT); the gateway carries it
+    # on its HTTPS port (HTTP/2).
+    grpcPort: int = 8001
     cpus: Optional[float] = None
     memoryMb: Optional[int] = None
     logLevel: str = "INFO"
@@ -282,6 +285,8 @@ def _validate(cfg: PlatformConfig) -> None:
                f"named volume would be a different, empty one on each node), got {cfg.service.modelsHostPath!r}")
     s = cfg.service
     _check(1 <= s.replicas <= 20, f"{p}:service.replicas must be between 1 and 20, got {s.replicas}")
+    _check(1 <= s.grpcPort <= 65535 and s.grpcPort != s.port,
+           f"{p}:service.grpcPort must be a TCP port other than service.port ({s.port}), got {s.grpcPort}")
     _check(s.migrateTimeoutSeconds >= 10, f"{p}:service.migrateTimeoutSeconds must be at least 10, got "
                                           f"{s.migrateTimeoutSeconds}")
     _check(s.cpus is None or s.cpus > 0, f"{p}:service.cpus must be > 0, got {s.cpus}")
@@ -292,7 +297,7 @@ def _validate(cfg: PlatformConfig) -> None:
     _check(s.logLevel.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
            f"{p}:service.logLevel must be DEBUG/INFO/WARNING/ERROR/CRITICAL, got {s.logLevel!r}")
     wired = {"PREDICTION_TIMESCALE_URL", "PREDICTION_REDIS_URL", "PREDICTION_MODEL_PATH", "PREDICTION_API_KEY",
-             "PREDICTION_JWT_SECRET", "PREDICTION_HOST", "PREDICTION_PORT", "PREDICTION_INSTANCE",
+             "PREDICTION_JWT_SECRET", "PREDICTION_HOST", "PREDICTION_PORT", "PREDICTION_GRPC_PORT", "PREDICTION_INSTANCE",
              "PREDICTION_LOG_LEVEL"}
     for k in s.env:
         _check(k.startswith("PREDICTION_"), f"{p}:service.env.{k}: only PREDICTION_* variables belong here")

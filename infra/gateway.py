@@ -21,7 +21,7 @@ TLS_DIR = "/etc/nginx/tls"
 SHUTDOWN_GRACE_SECONDS = 15
 
 
-def nginx_variables(cfg: PlatformConfig, upstream_servers: list[str]) -> dict:
+def nginx_variables(cfg: PlatformConfig, upstream_servers: list[str], grpc_upstream_servers: list[str]) -> dict:
     """Template variables of roles/nginx_gateway/templates/nginx.conf.j2 for the container."""
     g = cfg.gateway
     return {
@@ -37,6 +37,7 @@ def nginx_variables(cfg: PlatformConfig, upstream_servers: list[str]) -> dict:
         "nginx_ssl_certificate": f"{TLS_DIR}/server.crt",
         "nginx_ssl_certificate_key": f"{TLS_DIR}/server.key",
         "nginx_upstream_servers": upstream_servers,
+        "nginx_grpc_upstream_servers": grpc_upstream_servers,
         "nginx_resolver": DOCKER_DNS,
         "nginx_upstream_keepalive": g.upstreamKeepalive,
         "nginx_next_upstream_tries": g.nextUpstreamTries,
@@ -80,7 +81,8 @@ class Gateway(pulumi.ComponentResource):
         # One name that Docker's DNS resolves to every replica (nginx re-resolves it each second):
         # replacing, adding or removing a replica changes neither this file nor the gateway container.
         self.nginx_conf = pulumi.Output.from_input(templates.render(
-            templates.NGINX_CONF, **nginx_variables(cfg, [f"{service.service_alias}:{service.port}"])))
+            templates.NGINX_CONF, **nginx_variables(cfg, [f"{service.service_alias}:{service.port}"],
+                                                    [f"{service.service_alias}:{service.grpc_port}"])))
 
         image = docker.RemoteImage(f"{name}-image", name=f"{g.image}:{g.tag}", keep_locally=True, opts=child_opts)
         self.container = runtime.run(Workload(

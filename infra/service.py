@@ -76,7 +76,7 @@ class PredictionService(pulumi.ComponentResource):
             component="service",
             image=self.image_ref,
             env=[f"PREDICTION_REDIS_URL={cache.url()}", f"PREDICTION_MODEL_PATH={s.modelPath}",
-                 "PREDICTION_HOST=0.0.0.0", f"PREDICTION_PORT={s.port}",
+                 "PREDICTION_HOST=0.0.0.0", f"PREDICTION_PORT={s.port}", f"PREDICTION_GRPC_PORT={s.grpcPort}",
                  f"PREDICTION_LOG_LEVEL={s.logLevel.upper()}"] + [f"{k}={v}" for k, v in sorted(s.env.items())],
             secret_env={"PREDICTION_TIMESCALE_URL": database.url(app=True), "PREDICTION_API_KEY": self.api_key,
                         "PREDICTION_JWT_SECRET": self.jwt_secret},
@@ -98,6 +98,7 @@ class PredictionService(pulumi.ComponentResource):
         self.replicas = runtime.replicas(workload, s.replicas, pulumi.ResourceOptions(
             parent=self, depends_on=[database.container, cache.container, self.migrate]))
         self.port = s.port
+        self.grpc_port = s.grpcPort
         self.replica_names = pulumi.Output.from_input(self.aliases)
         self.register_outputs({"replica_names": self.replica_names, "service_alias": self.service_alias,
                                "image": self.image_ref, "api_key": self.api_key})

@@ -8,12 +8,14 @@ user, or an earlier local build whose recipe is unchanged). A local build carrie
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,11 +238,23 @@ def _from_image(dockerfile: Path) -> str:
 
 def wheelhouse(requirements: Path) -> Path:
     """``pip download`` the image's packages (CPython 3.11, manylinux x86_64) into
-    service/wheelhouse/, once per content of ``requirements``."""
+    service/wheelhouse/, once per content of ``requirements`` — one download at a time, whoever asks
+    (two images of a stack share the folder and are realised in parallel)."""
     stamp = WHEELHOUSE / ".requirements.sha256"
     want = hashlib.sha256(requirements.read_bytes()).hexdigest()
     if stamp.is_file() and stamp.read_text().strip() == want:
         return WHEELHOUSE
+    with _WHEELHOUSE_THREADS, open(WHEELHOUSE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (stamp.is_file() and stamp.read_text().strip() == want):
+            _download(requirements, stamp, want)
+    return WHEELHOUSE
+
+
+_WHEELHOUSE_THREADS = threading.Lock()
+
+
+def _download(requirements: Path, stamp: Path, want: str) -> None:
     for old in WHEELHOUSE.glob("*.whl"):
         old.unlink()
     log(f"downloading wheels for {requirements.relative_to(ROOT)} into {WHEELHOUSE.relative_to(ROOT)}/")
@@ -255,4 +269,3 @@ def wheelhouse(requirements: Path) -> Path:
         raise ImageError(f"pip download for the service image failed: {' '.join(errors)}; the host needs "
                          f"the package index (or a pip find-links holding these wheels)")
     stamp.write_text(want + "\n")
-    return WHEELHOUSE

@@ -76,7 +76,8 @@ def run_program(stack: str, *, mode: str = "up", config: dict | None = None, sec
                               capture_output=True, text=True, timeout=timeout,
                               env=_env())
         if proc.returncode == IMAGE_FAILURE:
-            raise ImagesFailed(proc.stderr.strip().splitlines()[-1].removeprefix("image error: "))
+            said = [line for line in proc.stderr.splitlines() if line.startswith("image error: ")]
+            raise ImagesFailed((said or proc.stderr.strip().splitlines()[-1:] or ["?"])[-1].removeprefix("image error: "))
         if proc.returncode != 0:
             raise ProgramFailed(proc.stderr[-4000:])
         for line in proc.stderr.splitlines():
