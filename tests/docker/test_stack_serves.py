@@ -106,3 +106,24 @@ def test_replicas_log_in_as_the_least_privilege_role(stack):
     assert stack.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'prediction_app'") == [["f"]]
     job = stack.container("service-migrate")
     assert job.attrs["State"]["Health"]["Status"] == "healthy" and "role prediction_app may log in" in job.logs().decode()
+
+
+def test_grpc_through_the_gateway_answers_as_rest_does(stack):
+    """The Open Inference Protocol over gRPC on the stack's HTTPS port (HTTP/2 by ALPN), spread over
+    every replica's gRPC port by the gateway."""
+    import numpy as np
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(stack.url.removeprefix("https://"), ssl=True,
+                                          root_certificates=stack.cacert)
+    try:
+        x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.8, 2.2]], np.float32)
+        inp = triton.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        result = client.infer("iris", [inp], headers={"x-api-key": stack.api_key})
+        rest = stack.session().post(f"{stack.url}/v2/models/iris/infer", timeout=15, json={
+            "inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": x.tolist()}]}).json()
+        assert result.as_numpy("label").astype(str).tolist() == rest["outputs"][0]["data"] == ["setosa", "virginica"]
+        assert client.is_server_ready() and client.is_model_ready("iris")
+    finally:
+        client.close()

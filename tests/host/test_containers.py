@@ -111,9 +111,10 @@ def test_service_is_pid_1_and_unprivileged(host, service_process):
 
 
 @pytest.mark.role("service")
-def test_service_listens_on_the_stack_files_port(host, stack_file):
-    port = stack_file("service").port
-    assert listens_on_every_address(host, port), f"the service does not listen on :{port}"
+def test_service_listens_on_the_stack_files_ports(host, stack_file):
+    service = stack_file("service")
+    for what, port in (("HTTP", service.port), ("gRPC", service.grpcPort)):
+        assert listens_on_every_address(host, port), f"the service does not listen for {what} on :{port}"
 
 
 @pytest.mark.role("service")
