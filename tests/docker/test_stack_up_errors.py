@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from stack_emulator import stack as emulator
+from stack_emulator.program import stacks
 from stack_emulator.stack import ROOT
 
 
@@ -33,7 +34,8 @@ def test_unknown_stack_is_one_line_with_or_without_an_engine():
         proc = cli("up", "qa", env=env)
         assert proc.returncode == 1
         assert proc.stderr.strip().splitlines() == [
-            "stack-up: unknown stack 'qa': the stacks are dev, staging, prod (Pulumi.<stack>.yaml)"]
+            f"stack-up: unknown stack 'qa': the stacks are {', '.join(stacks())} (Pulumi.<stack>.yaml)"]
+    assert stacks()[:3] == ("dev", "staging", "prod")
 
 
 def test_a_stack_file_the_program_rejects_is_one_line_before_the_engine(tmp_path):
