@@ -16,6 +16,7 @@ import os
 import secrets
 import time
 
+import docker.errors
 import pytest
 import requests
 
@@ -166,12 +167,21 @@ def resources(port: int, page: str, key: str, **web) -> list[dict]:
                          deps=deps)]
 
 
-def get_inside(node: SwarmNode, port: int) -> str:
+def get_inside(node: SwarmNode, port: int, expect: str, timeout: float = 30) -> str:
     """GET http://web:<port>/ from a container on the service's attachable overlay network (the
-    service's network alias, resolved by Swarm's DNS to its tasks: endpoint mode dnsrr)."""
+    service's network alias, resolved by Swarm's DNS to its tasks: endpoint mode dnsrr), until it
+    answers ``expect`` (a task just replaced may still be in DNS for a moment); the last answer."""
     fetch = f"import urllib.request; print(urllib.request.urlopen('http://web:{port}/', timeout=5).read().decode())"
-    return node.client.containers.run(IMAGE, ["python", "-c", fetch], network=f"backend-{port}",
-                                      remove=True).decode().strip()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = node.client.containers.run(IMAGE, ["python", "-c", fetch], network=f"backend-{port}",
+                                             remove=True).decode().strip()
+        except docker.errors.ContainerError as exc:
+            got = f"request failed: {exc.stderr.decode(errors='replace').strip().splitlines()[-1:]}"
+        if got == expect or time.monotonic() > deadline:
+            return got
+        time.sleep(1)
 
 
 def get(node: SwarmNode, port: int) -> str:
@@ -197,7 +207,7 @@ def test_a_service_with_its_secret_config_and_overlay_network_is_created_updated
     plan = stack.up(*resources(port, "page one", "key-1"))
     assert [s.op for s in plan.steps] == ["create"] * 4
     created = stack.seconds
-    assert get_inside(swarm, port) == "page one"
+    assert get_inside(swarm, port, "page one") == "page one"
 
     # The state records the real ids the service was created with, not the run's markers.
     service = swarm.client.services.get(stack.record("web").id)
@@ -228,7 +238,7 @@ def test_a_service_with_its_secret_config_and_overlay_network_is_created_updated
     plan = stack.up(*resources(port, "page two", "key-1"))
     assert [(s.op, s.name) for s in plan.steps if s.op != "same"] == [("replace", "index"), ("update", "web")]
     updated = stack.seconds
-    assert get_inside(swarm, port) == "page two"
+    assert get_inside(swarm, port, "page two") == "page two"
     assert stack.record("web").id == service_id
     # the update sent the restart policy the provider had read back, with the delay it leaves unset: 0
     service.reload()
