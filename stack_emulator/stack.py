@@ -33,7 +33,7 @@ from .docker_provider import free_port
 from .program import (CONTAINER, IMAGE, REMOTE_IMAGE, SERVICE, VOLUME, Graph, ImagesFailed, ProgramFailed,
                       program_error, run_program, stacks)
 from .state import StackState, StateLocked, stack_dir
-from .values import reveal
+from .values import id_marker, resolve_ids, reveal
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = ROOT / "var"
@@ -225,7 +225,7 @@ def up(stack: str, *, prefix: str | None = None, ports: str | None = None, var_d
                 raise StackError(f"stack {stack}: pulumi up failed: {exc} — nothing was rolled back (volumes and "
                                  f"data stay); fix the cause and run make stack-up STACK={stack} again, or "
                                  f"make stack-down STACK={stack}") from None
-            st.exports = graph.exports
+            st.exports = resolve_ids(graph.exports, lambda urn: st.get(urn).id if st.get(urn) else id_marker(urn))
             st.save()
             run = RunningStack(stack, _prefix(graph), graph, st, var_dir / f"stack-{stack}.env", {}, plan, timings,
                                var_dir, apply_seconds=time.monotonic() - started, swarm=swarm)
