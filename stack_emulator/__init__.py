@@ -9,6 +9,7 @@ engine's order — for trying stacks on one machine and for the tests. Users dep
     plan.py            Pulumi's step rules: create / update / replace (order, cascades) / delete
     apply.py           Pulumi's step execution: parallel by dependencies, delete phase last
     docker_provider.py terraform-provider-docker's create / update / delete on the engine
+    swarm_provider.py  its Swarm resources (service, secret, config) on a Swarm manager's engine
     images.py          local stand-ins of the pinned upstream images (stand_ins/), the service image
     state.py           the stack's state under var/stacks/<stack>/ (0600)
     stack.py           up / preview / down / status, and var/stack-<stack>.env

@@ -34,6 +34,8 @@ import yaml
 from pulumi.output import Unknown
 from pulumi.runtime.mocks import MockMonitor
 
+from stack_emulator.values import id_marker
+
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 PROJECT = "prediction-platform"
@@ -165,7 +167,9 @@ class Recorder(pulumi.runtime.Mocks):
             self.records[urn] = {"urn": urn, "type": args.typ, "name": args.name, "custom": bool(args.custom),
                                  "inputs": inputs, "outputs": answered}
         resource_id = (prior or {}).get("id") if prior and answered is prior.get("outputs") else None
-        return resource_id or f"{args.name}-id", outputs.to_engine(answered)
+        # A resource this run creates (or replaces) has its id only once it exists: a marker that
+        # apply.py resolves before its dependents are created (values.id_marker).
+        return resource_id or id_marker(urn), outputs.to_engine(answered)
 
     def call(self, args: pulumi.runtime.MockCallArgs):
         raise NotImplementedError(f"the emulator does not answer invoke {args.token}")

@@ -11,23 +11,30 @@
 - When a step fails, no further step starts and the delete phase does not run; what did happen is
   in the state (old copies of create-before-delete replacements stay, marked to be deleted by the
   next run, as Pulumi keeps them ``pending-delete``). Nothing is rolled back: volumes and data stay.
+  An update that failed part-way (a Swarm service rolled back) is recorded with its new inputs and
+  the error as init errors (``StatusPartialFailure``, step.go UpdateStep.Apply): the next run updates
+  it again.
+- A resource's inputs that use the id of a resource created in this run (values.id_marker) get the
+  real id before its step runs, as the engine hands a created resource's id to its dependents.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from .docker_provider import CreateFailed, DockerProvider, ProviderError
+from .docker_provider import CreateFailed, DockerProvider, ProviderError, UpdateFailed
 from .plan import Plan, Step
-from .program import CONTAINER, NETWORK, VOLUME, Resource
+from .program import CONTAINER, NETWORK, SECRET, SERVICE, SERVICE_CONFIG, VOLUME, Resource
 from .state import StackState, StateResource
+from .values import resolve_ids
 
 PARALLEL = 8
 # Resources that exist on the engine (the others only compute values, or group children).
-ENGINE_TYPES = {CONTAINER, NETWORK, VOLUME}
+ENGINE_TYPES = {CONTAINER, NETWORK, VOLUME, SERVICE, SECRET, SERVICE_CONFIG}
 
 
 class ApplyFailed(Exception):
@@ -106,14 +113,29 @@ def _run_dag(groups: dict[str, _Group], work) -> None:
         raise ApplyFailed("; ".join(failures))
 
 
+def with_ids(r: Resource, state: StackState) -> Resource:
+    """``r`` with the ids of the resources it uses, now that they exist (values.id_marker)."""
+    def id_of(urn: str) -> str:
+        found = state.get(urn)
+        if found is None or not found.id:
+            raise ApplyFailed(f"{r.name} uses the id of {urn.rsplit('::', 1)[-1]}, which does not exist")
+        return found.id
+    return dataclasses.replace(r, inputs=resolve_ids(r.inputs, id_of), outputs=resolve_ids(r.outputs, id_of))
+
+
 def _run_step(step: Step, state: StackState, provider: DockerProvider, timings: dict) -> None:
     r = step.new
     started = time.monotonic()
     if step.op == "same":
         state.put(_record(r, step.old.id, step.old.outputs, []))
         return
+    r = with_ids(r, state)
     if step.op == "update":
-        outputs = provider.update(step.old, r, step.diff.update_keys if step.diff else [])
+        try:
+            outputs = provider.update(step.old, r, step.diff.update_keys if step.diff else [])
+        except UpdateFailed as exc:
+            state.put(_record(r, step.old.id, exc.outputs, [str(exc)]))
+            raise
         state.put(_record(r, step.old.id, outputs))
         timings[step.urn] = time.monotonic() - started
         log(f" ~  {step.name}: updated{'' if step.engine_update else ' (state only)'}")

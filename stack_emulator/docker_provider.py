@@ -8,6 +8,9 @@ program sets, at every depth, is either translated here or stops the run naming 
 Host ports may be remapped to free loopback ports (``port_policy="free"``: the tests' stacks never
 collide with each other or with anything on this machine); the mapping is kept in the stack's state
 so a replaced container gets the same host port again.
+
+Swarm services, secrets and configs are swarm_provider.py's: one DockerProvider serves every resource
+type on one engine, as one pulumi-docker provider (``docker:host``) does for a program.
 """
 from __future__ import annotations
 
@@ -24,8 +27,10 @@ import docker
 import docker.errors
 from docker.types import Healthcheck, Mount
 
+from . import swarm_provider
 from .outputs import NOT_AVAILABLE
 from .program import CONTAINER, IMAGE, NETWORK, REMOTE_IMAGE, VOLUME, Resource
+from .swarm_provider import SWARM_TYPES, ServiceCreateFailed, ServiceUpdateFailed, SwarmError, SwarmProvider
 from .values import reveal
 
 # Recorded on a container whose image cannot be had here (Grafana): why it does not run.
@@ -44,6 +49,15 @@ class CreateFailed(ProviderError):
     def __init__(self, message: str, resource_id: str):
         super().__init__(message)
         self.resource_id = resource_id
+
+
+class UpdateFailed(ProviderError):
+    """The update failed after it began: Pulumi records the new inputs with the error as init errors
+    (a partial failure), so the next run updates the resource again."""
+
+    def __init__(self, message: str, outputs: dict):
+        super().__init__(message)
+        self.outputs = outputs
 
 
 def log(message: str) -> None:
@@ -96,7 +110,8 @@ _CONTAINER_NESTED = {
     "labels": {"label", "value"},
     "capabilities": {"adds", "drops"},
 }
-_NETWORK_INPUTS = {"name", "driver", "internal", "labels", "attachable", "options", "ipamConfigs", "ipamDriver"}
+_NETWORK_INPUTS = {"name", "driver", "internal", "labels", "attachable", "ingress", "ipv6", "options", "ipamConfigs",
+                   "ipamDriver", "ipamOptions"}
 _NETWORK_NESTED = {"labels": {"label", "value"}, "ipamConfigs": {"subnet", "gateway", "ipRange", "auxAddress"}}
 _VOLUME_INPUTS = {"name", "driver", "driverOpts", "labels"}
 _VOLUME_NESTED = {"labels": {"label", "value"}}
@@ -142,6 +157,7 @@ class DockerProvider:
         self.images = images
         self.port_policy = port_policy
         self.port_map = port_map if port_map is not None else {}
+        self.swarm = SwarmProvider(client)
 
     # -- before anything runs -----------------------------------------------------------------
     def check(self, r: Resource) -> None:
@@ -165,6 +181,11 @@ class DockerProvider:
             _check_paths(where, inputs, _REMOTE_IMAGE_INPUTS, {})
         elif r.type == IMAGE:
             _check_paths(where, inputs, _IMAGE_INPUTS, _IMAGE_NESTED)
+        elif r.type in SWARM_TYPES:
+            try:
+                swarm_provider.check(r)
+            except SwarmError as exc:
+                raise ProviderError(str(exc)) from None
         elif r.type in _COMPUTED_ONLY or not r.custom:
             return
         else:
@@ -191,20 +212,33 @@ class DockerProvider:
             return self._create_network(inputs)
         if r.type == VOLUME:
             return self._create_volume(inputs)
+        if r.type in SWARM_TYPES:
+            try:
+                return self.swarm.create(r)
+            except ServiceCreateFailed as exc:
+                raise CreateFailed(str(exc), exc.service_id) from None
+            except SwarmError as exc:
+                raise ProviderError(str(exc)) from None
         # Images were made while the program ran (outputs.py); random/tls values are computed.
         return r.outputs.get("imageId") or r.outputs.get("repoDigest") or f"{r.name}-id", r.outputs
 
     def _create_network(self, inputs: dict) -> tuple[str, dict]:
-        """resourceDockerNetworkCreate."""
+        """resourceDockerNetworkCreate (an overlay network on a Swarm manager too: driver overlay,
+        attachable, ingress, options such as encrypted)."""
         ipam = None
-        if inputs.get("ipamConfigs"):
+        if inputs.get("ipamConfigs") or inputs.get("ipamOptions"):
             ipam = docker.types.IPAMConfig(driver=inputs.get("ipamDriver", "default"), pool_configs=[
                 docker.types.IPAMPool(subnet=c.get("subnet"), gateway=c.get("gateway"), iprange=c.get("ipRange"),
-                                      aux_addresses=c.get("auxAddress")) for c in inputs["ipamConfigs"]])
-        net = self.client.networks.create(
-            inputs["name"], driver=inputs.get("driver") or "bridge", internal=bool(inputs.get("internal")),
-            attachable=bool(inputs.get("attachable")), options=inputs.get("options"), ipam=ipam,
-            labels={x["label"]: x["value"] for x in inputs.get("labels", [])})
+                                      aux_addresses=c.get("auxAddress")) for c in inputs.get("ipamConfigs", [])],
+                options=inputs.get("ipamOptions"))
+        try:
+            net = self.client.networks.create(
+                inputs["name"], driver=inputs.get("driver") or "bridge", internal=bool(inputs.get("internal")),
+                attachable=bool(inputs.get("attachable")), ingress=bool(inputs.get("ingress")),
+                enable_ipv6=True if inputs.get("ipv6") else None, options=inputs.get("options"), ipam=ipam,
+                labels={x["label"]: x["value"] for x in inputs.get("labels", [])})
+        except docker.errors.APIError as exc:
+            raise ProviderError(f"Unable to create network: {exc.explanation or exc}") from None
         return net.id, {**inputs, "driver": inputs.get("driver") or "bridge"}
 
     def _create_volume(self, inputs: dict) -> tuple[str, dict]:
@@ -382,6 +416,14 @@ class DockerProvider:
         ContainerUpdate with all of them; nothing else touches the container."""
         inputs = reveal(new.inputs)
         outputs = {**old.outputs, **new.inputs}
+        if new.type in SWARM_TYPES:
+            try:
+                self.swarm.update(old, new)
+            except ServiceUpdateFailed as exc:
+                raise UpdateFailed(str(exc), outputs) from None
+            except SwarmError as exc:
+                raise ProviderError(str(exc)) from None
+            return outputs
         if new.type != CONTAINER or not update_keys or not old.id:
             return outputs
         container = self.client.containers.get(old.id)
@@ -411,10 +453,12 @@ class DockerProvider:
         if old.type == CONTAINER:
             self._delete_container(old.id, inputs)
         elif old.type == NETWORK:
+            self._delete_network(old.id)
+        elif old.type in SWARM_TYPES:
             try:
-                self.client.networks.get(old.id).remove()
-            except docker.errors.NotFound:
-                pass
+                self.swarm.delete(old)
+            except SwarmError as exc:
+                raise ProviderError(str(exc)) from None
         elif old.type == VOLUME:
             self._delete_volume(inputs["name"])
         elif old.type == REMOTE_IMAGE:
@@ -450,6 +494,21 @@ class DockerProvider:
             container.remove(force=True, v=inputs.get("removeVolumes", True))
         except docker.errors.NotFound:
             pass
+
+    def _delete_network(self, network_id: str, timeout: float = 30) -> None:
+        """resourceDockerNetworkRemoveRefreshFunc: remove, again every 5 s while the network "has active
+        endpoints" (the tasks of a just-removed service still leaving an overlay network), up to 30 s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.client.api.remove_network(network_id)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if "has active endpoints" not in str(exc) or time.monotonic() > deadline:
+                    raise ProviderError(f"Unable to remove network {network_id}: {exc.explanation or exc}") from None
+                time.sleep(5)
 
     def _delete_volume(self, name: str) -> None:
         """resourceDockerVolumeDelete: remove, retrying while the volume is in use (the provider

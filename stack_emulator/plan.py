@@ -9,12 +9,13 @@ noted), applied with each provider's schema (schema.py):
 - A changed input the provider marks ForceNew replaces the resource; so does any change under a
   ``replaceOnChanges`` path, a changed ``replacementTrigger`` or the replacement of a resource named
   in ``replaceWith`` (``diff``, ``applyReplaceOnChanges``, ``shouldTriggerReplace``). A resource whose
-  create failed (init errors) is replaced when ``replaceOnChanges`` covers ``#initerror`` (``*`` does),
+  create or update failed part-way (init errors) is replaced when ``replaceOnChanges`` covers ``#initerror`` (``*`` does),
   and otherwise updated (``continueStepsFromDiff``).
 - Other changes update in place (``NewUpdateStep``); what the provider then does to the live object
   is the provider's business (schema.py: UPDATE or RECORD).
 - A replacement is create-before-delete unless the provider asks for delete-before-replace (every
-  docker.Container does) or the resource's ``deleteBeforeReplace`` option says so; the option, when
+  docker.Container does; services, secrets, configs and networks do not: pulumi-docker
+  provider/resources.go sets DeleteBeforeReplace for docker_container only) or the resource's ``deleteBeforeReplace`` option says so; the option, when
   set, overrides the provider either way.
 - Delete-before-replace first deletes every dependent that the replacement would force to be
   replaced: a dependent whose input has a property dependency on a resource being replaced is diffed
@@ -236,7 +237,7 @@ def make_plan(state: StackState, graph: Graph, replace: set[str] = frozenset()) 
             reasons.append(", ".join(sorted(roc_keys)) + " (replaceOnChanges)")
         if old.init_errors and "*" in roc:
             must_replace = True
-            reasons.append("its last create failed (replaceOnChanges ['*'] covers #initerror)")
+            reasons.append("its last create or update failed (replaceOnChanges ['*'] covers #initerror)")
         trigger_old, trigger_new = old.options.get("replacementTrigger"), r.options.get("replacementTrigger")
         if trigger_new is not None and trigger_old is not None and trigger_new != trigger_old:
             must_replace = True
@@ -266,7 +267,7 @@ def make_plan(state: StackState, graph: Graph, replace: set[str] = frozenset()) 
         elif d.changed or old.init_errors:
             words = [f"~{k}" + ("" if v == schema.UPDATE else " (recorded only)") for k, v in sorted(d.changed.items())]
             if old.init_errors:
-                words.append("its last create failed: update to continue")
+                words.append("its last create or update failed: update to continue")
             steps.append(Step("update", r.urn, r.type, r.name, new=r, old=old, diff=d, reasons=words))
         else:
             steps.append(Step("same", r.urn, r.type, r.name, new=r, old=old))

@@ -9,12 +9,16 @@ under kreuzwerker/terraform-provider-docker ``internal/provider/`` (or the pulum
 
 Each rule carries what the plan needs to diff like the provider does: the schema ``Default`` (an
 unset input and its default are the same), ``Computed`` (an input the program stops setting keeps
-the value in the state: no diff), and ``TypeSet`` (element order does not matter).
+the value in the state: no diff), and ``TypeSet`` (element order does not matter). Inside a block
+the terraform-plugin-sdk also reads an unset attribute as its zero value ("", 0, false: helper/schema
+schema.go diffString), so a nested attribute left out and one set to its zero value are the same.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from itertools import zip_longest
+from typing import Callable
 
 from .values import is_unknown, reveal
 
@@ -39,6 +43,8 @@ class Attr:
     # helper/schema/schema.go diffList/diffSet, countSchema).
     nested: dict | None = None
     count_forces_new: bool = False
+    # How the provider compares two values when it is not plain equality (a DiffSuppressFunc).
+    canon: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,9 @@ class Rules:
     dbr_source: str = ""
     # Inputs not in ``attrs``: "replace" for providers whose every input forces a new resource.
     others: str | None = None
+    # What the provider's Read leaves in the state for the recorded inputs, where it differs from
+    # them (the plan diffs the new inputs against the state, as the provider does).
+    read_back: Callable[[dict], dict] | None = None
 
 
 def _a(on_change, **kw) -> Attr:
@@ -111,10 +120,12 @@ CONTAINER = Rules(
 
 NETWORK = Rules(
     "docker:index/network:Network",
-    source="resource_docker_network.go (every attribute ForceNew; no UpdateContext)",
+    source="resource_docker_network.go (every attribute ForceNew, overlay ones too: driver, attachable, ingress, "
+           "options such as encrypted; no UpdateContext)",
     attrs={"labels": _a(R, is_set=True), "ipamDriver": _a(R, default="default"), "driver": _a(R, computed=True),
            "options": _a(R, computed=True), "ipamConfigs": _a(R, computed=True, is_set=True),
-           "checkDuplicate": _a(R)},
+           "internal": _a(R, computed=True), "attachable": _a(R), "ingress": _a(R), "ipv6": _a(R),
+           "ipamOptions": _a(R), "checkDuplicate": _a(R)},
     others=REPLACE,
 )
 
@@ -161,8 +172,118 @@ SELF_SIGNED_CERT = Rules("tls:index/selfSignedCert:SelfSignedCert",
                                 "(RequiresReplace; early_renewal_hours without it)",
                          attrs={"earlyRenewalHours": _a(S, default=0)}, others=REPLACE)
 
+
+# -- Swarm -----------------------------------------------------------------------------------------
+# resource_docker_service.go. A service has an UpdateContext for every attribute that is not ForceNew:
+# resourceDockerServiceUpdate sends the whole spec again in one ServiceUpdate, and the engine rolls
+# the tasks when the task template changed. ForceNew: name, auth, mode's element count (not
+# mode.replicated.replicas), container_spec.hosts and .sysctl, task_spec.networks_advanced (its
+# name, id, aliases and driver_opts are ForceNew, so any change of the set replaces).
+def _block(on_change: str = UPDATE, **kw) -> Attr:
+    return Attr(on_change, nested=kw.pop("nested", {}), **kw)
+
+
+_LABELS = _block(is_set=True)
+_FILE_REFERENCE = {"fileUid": "0", "fileGid": "0", "fileMode": 0o444}
+# update_config / rollback_config: the schema's defaults, and max_failure_ratio compared as a number
+# (suppressEquivalentFloatRatio).
+_UPDATE_DEFAULTS = {"parallelism": 1, "delay": "0s", "failureAction": "pause", "monitor": "5s",
+                    "maxFailureRatio": "0.0", "order": "stop-first"}
+_UPDATE_CONFIG = _block(element_defaults=_UPDATE_DEFAULTS, nested={"maxFailureRatio": _a(U, canon=float)})
+
+_CONTAINER_SPEC = _block(nested={
+    "labels": _LABELS,
+    "privileges": _block(nested={"credentialSpec": _block(), "seLinuxContext": _block()}),
+    "mounts": _block(is_set=True, nested={
+        "bindOptions": _block(element_defaults={"propagation": "rprivate"}),
+        "volumeOptions": _block(nested={"labels": _LABELS}),
+        "tmpfsOptions": _block()}),
+    "stopGracePeriod": _a(U, computed=True),
+    "healthcheck": _block(computed=True, element_defaults={"interval": "0s", "timeout": "0s", "startPeriod": "0s",
+                                                           "retries": 0}),
+    "hosts": _block(REPLACE, is_set=True),
+    "dnsConfig": _block(computed=True),
+    "secrets": _block(is_set=True, element_defaults=_FILE_REFERENCE),
+    "configs": _block(is_set=True, element_defaults=_FILE_REFERENCE),
+    "isolation": _a(U, default="default"),
+    "sysctl": _a(R),
+    "init": _a(U, computed=True),
+})
+
+
+def _service_read_back(inputs: dict) -> dict:
+    """resourceDockerServiceReadRefreshFunc: the state holds the service's mode even when the program
+    left it out (flattenServiceMode: one block; the engine's default is one replica), and each network
+    attachment by the id the engine resolved its target to, never by name (flattenTaskNetworksAdvanced
+    sets ``id`` only; the engine stores network ids: moby daemon/cluster populateNetworkID). So a
+    networks_advanced given by ``name`` differs from the state on every run and replaces the service —
+    the schema's own warning ("Using the name attribute ... will lead to constant replacements")."""
+    out = dict(inputs)
+    if not out.get("mode"):
+        out["mode"] = {"replicated": {"replicas": 1}}
+    task = out.get("taskSpec")
+    if isinstance(task, dict) and task.get("networksAdvanceds"):
+        out["taskSpec"] = {**task, "networksAdvanceds": [
+            {**{k: v for k, v in n.items() if k != "name"}, "id": n.get("id") or f"(id of network {n['name']})"}
+            if isinstance(n, dict) and n.get("name") else n for n in task["networksAdvanceds"]]}
+    return out
+
+
+SERVICE = Rules(
+    "docker:index/service:Service",
+    source="resource_docker_service.go (schema), resource_docker_service_funcs.go (resourceDockerServiceUpdate: any "
+           "change not ForceNew is one ServiceUpdate of the whole spec)",
+    read_back=_service_read_back,
+    attrs={
+        "name": _a(R),
+        "auth": _block(REPLACE),
+        "labels": _block(computed=True, is_set=True),
+        "taskSpec": _block(nested={
+            "containerSpec": _CONTAINER_SPEC,
+            "resources": _block(computed=True, nested={
+                "limits": _block(),
+                "reservation": _block(nested={"genericResources": _block(nested={
+                    "namedResourcesSpecs": _a(U, is_set=True), "discreteResourcesSpecs": _a(U, is_set=True)})})}),
+            "restartPolicy": _block(computed=True),
+            "placement": _block(computed=True, nested={
+                "constraints": _a(U, is_set=True), "prefs": _a(U, is_set=True),
+                "platforms": _block(is_set=True)}),
+            "forceUpdate": _a(U, computed=True),
+            "runtime": _a(U, computed=True),
+            "networksAdvanceds": _block(REPLACE, is_set=True, nested={
+                "aliases": _a(R, is_set=True), "driverOpts": _a(R, is_set=True)}),
+            "logDriver": _block(),
+        }),
+        # ForceNew on the block: only a change in its number of elements replaces (schema.go diffList).
+        "mode": _block(computed=True, count_forces_new=True, nested={
+            "replicated": _block(computed=True, element_defaults={"replicas": 1}),
+            "global": _a(U, default=False)}),
+        "updateConfig": _UPDATE_CONFIG,
+        "rollbackConfig": _UPDATE_CONFIG,
+        "endpointSpec": _block(computed=True, nested={
+            "mode": _a(U, computed=True),
+            "ports": _block(element_defaults={"protocol": "tcp", "publishMode": "ingress"},
+                            nested={"publishedPort": _a(U, computed=True)})}),
+        "convergeConfig": _block(element_defaults={"delay": "7s", "timeout": "3m"}),
+    },
+)
+
+# Secrets and configs are immutable in Swarm: every attribute ForceNew, no UpdateContext.
+SECRET = Rules(
+    "docker:index/secret:Secret",
+    source="resource_docker_secret.go (name, data, labels ForceNew; no UpdateContext)",
+    attrs={"name": _a(R), "data": _a(R), "labels": _a(R, is_set=True)},
+    others=REPLACE,
+)
+SERVICE_CONFIG = Rules(
+    "docker:index/serviceConfig:ServiceConfig",
+    source="resource_docker_config.go (name, data, data_raw, labels ForceNew; no UpdateContext)",
+    attrs={"name": _a(R), "data": _a(R), "dataRaw": _a(R), "labels": _a(R, is_set=True)},
+    others=REPLACE,
+)
+
 RULES = {r.type: r for r in (CONTAINER, NETWORK, VOLUME, REMOTE_IMAGE, IMAGE, RANDOM_PASSWORD, PRIVATE_KEY,
-                             SELF_SIGNED_CERT)}
+                             SELF_SIGNED_CERT, SERVICE, SECRET, SERVICE_CONFIG)}
 
 
 def rules_for(typ: str) -> Rules:
@@ -192,22 +313,58 @@ class Diff:
         return sorted(k for k, v in self.changed.items() if v == RECORD)
 
 
-def _canonical(value, attr: Attr | None):
-    """A value as the provider compares it: secrets revealed, block defaults filled, sets unordered."""
+_EMPTY = (None, "", 0, False, [], {})
+
+
+def _is_block(attr: Attr | None) -> bool:
+    return attr is not None and (attr.nested is not None or bool(attr.element_defaults))
+
+
+def _norm(value, attr: Attr | None):
+    """A value as the provider compares it: secrets revealed, whole floats as ints (the engine's
+    numbers are doubles), each block element with its defaults filled and its zero values dropped,
+    sets unordered."""
     value = reveal(value)
-    if attr is not None and attr.element_defaults:
+    if attr is not None and attr.canon is not None and value is not None and not is_unknown(value):
+        value = attr.canon(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if _is_block(attr):
         if isinstance(value, list):
-            value = [{**attr.element_defaults, **v} if isinstance(v, dict) else v for v in value]
+            value = [_norm_element(v, attr) for v in value]
         elif isinstance(value, dict):
-            value = {**attr.element_defaults, **value}
+            value = _norm_element(value, attr)
+    elif isinstance(value, list):
+        value = [_norm(v, None) for v in value]
+    elif isinstance(value, dict):
+        value = {k: _norm(v, None) for k, v in value.items()}
     if attr is not None and attr.is_set and isinstance(value, list):
         value = sorted(value, key=lambda v: json.dumps(v, sort_keys=True))
-    return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _norm_element(element, attr: Attr):
+    if not isinstance(element, dict) or is_unknown(element):
+        return _norm(element, None)
+    nested = attr.nested or {}
+    defaults = {**attr.element_defaults, **{k: a.default for k, a in nested.items() if a.default is not _MISSING}}
+    out = {}
+    for k in set(element) | set(defaults):
+        v = _norm(element.get(k, defaults.get(k)), nested.get(k))
+        if v not in _EMPTY:  # unset and zero are the same inside a block (diffString)
+            out[k] = v
+    return out
+
+
+def _canonical(value, attr: Attr | None):
+    return json.dumps(_norm(value, attr), sort_keys=True)
 
 
 def diff(typ: str, old: dict, new: dict) -> Diff:
     """Compare old and new inputs of one resource of type ``typ`` as its provider does."""
     rules = rules_for(typ)
+    if rules.read_back is not None:
+        old = rules.read_back(reveal(old))
     result = Diff({})
     for key in sorted(set(old) | set(new)):
         attr = rules.attrs.get(key)
@@ -220,7 +377,8 @@ def diff(typ: str, old: dict, new: dict) -> Diff:
             continue  # Optional+Computed: the provider keeps the value it has
         old_v = old[key] if has_old else (None if default is _MISSING else default)
         new_v = new[key] if has_new else (None if default is _MISSING else default)
-        if is_unknown(new_v) or _has_unknown(new_v):
+        unknown = is_unknown(new_v) or _has_unknown(new_v)
+        if unknown and (attr is None or attr.nested is None or is_unknown(new_v)):
             result.changed[key] = on_change
             result.unknown.add(key)
             continue
@@ -230,35 +388,50 @@ def diff(typ: str, old: dict, new: dict) -> Diff:
             on_change if _canonical(old_v, None) != _canonical(new_v, None) else None)
         if kind is not None:
             result.changed[key] = kind
+            if unknown:  # a value inside the block is known only after apply
+                result.unknown.add(key)
     return result
 
 
 _SEVERITY = {None: 0, RECORD: 1, UPDATE: 2, REPLACE: 3}
 
 
+def _elements(value) -> list:
+    if isinstance(value, list):
+        return value
+    return [] if value in (None, {}) else [value]
+
+
 def _change(attr: Attr, old, new) -> str | None:
-    """What a difference between ``old`` and ``new`` of one attribute means (None: no difference)."""
+    """What a difference between ``old`` and ``new`` of one attribute means (None: no difference).
+    A block is compared element by element with each nested attribute's own rule, and a change in
+    its number of elements is its own ForceNew (helper/schema schema.go diffList/diffSet)."""
     if _canonical(old, attr) == _canonical(new, attr):
         return None
+    if _norm(old, attr) in _EMPTY and _norm(new, attr) in _EMPTY:
+        return None  # unset and zero are the same (diffString)
     if attr.nested is None:
         return attr.on_change
-    olds = old if isinstance(old, list) else ([] if old in (None, {}) else [old])
-    news = new if isinstance(new, list) else ([] if new in (None, {}) else [new])
-    if len(olds) != len(news):
-        return REPLACE if attr.count_forces_new else attr.on_change
-    if attr.is_set:  # the elements that left and came, paired in a stable order
-        key = lambda v: _canonical(v, None)  # noqa: E731
-        gone = sorted((o for o in olds if key(o) not in {key(n) for n in news}), key=key)
-        came = sorted((n for n in news if key(n) not in {key(o) for o in olds}), key=key)
-        pairs = list(zip(gone, came))
-    else:
-        pairs = list(zip(olds, news))
+    olds, news = _elements(old), _elements(new)
     worst = None
+    if len(olds) != len(news):
+        worst = REPLACE if attr.count_forces_new else attr.on_change
+    if attr.is_set:  # the elements that left and came, paired in a stable order
+        key = lambda v: _canonical(v, attr)  # noqa: E731
+        new_keys, old_keys = {key(n) for n in news}, {key(o) for o in olds}
+        gone = sorted((o for o in olds if key(o) not in new_keys), key=key)
+        came = sorted((n for n in news if key(n) not in old_keys), key=key)
+        pairs = zip_longest(gone, came, fillvalue={})
+    else:
+        pairs = zip_longest(olds, news, fillvalue={})
     for o, n in pairs:
         o, n = (o if isinstance(o, dict) else {}), (n if isinstance(n, dict) else {})
         for k in set(o) | set(n):
             sub = attr.nested.get(k, Attr(attr.on_change))
-            kind = _change(sub, o.get(k), n.get(k))
+            if k not in n and sub.computed:
+                continue  # Optional+Computed inside the block: the state keeps its value
+            default = None if sub.default is _MISSING else sub.default
+            kind = _change(sub, o.get(k, default), n.get(k, default))
             if _SEVERITY[kind] > _SEVERITY[worst]:
                 worst = kind
     return worst

@@ -264,12 +264,14 @@ class Swarm:
 # -- up / attach / down -------------------------------------------------------------------------------
 def up(name_prefix: str, nodes: int = 3, managers: int = 1, labels: Mapping[int, Mapping[str, str]] | None = None,
        images: Iterable[str] = (), ports: Iterable[int] = (), fixed_ports: Mapping[int, Mapping[int, int]] | None = None,
-       run_dir: Path | None = None, heartbeat: float = 5.0, timeout: float = 120) -> Swarm:
+       run_dir: Path | None = None, heartbeat: float = 5.0, timeout: float = 120,
+       binds: Mapping[str, str] | None = None) -> Swarm:
     """A running swarm ``name_prefix`` of ``nodes`` nodes, the first ``managers`` of them managers,
     with node labels ``labels`` ({node index: {label: value}}, exactly these on each node) and the
     host engine's ``images`` loaded into every node. ``ports``: node TCP ports published on
     127.0.0.1 on every node, each on a free host port unless ``fixed_ports`` ({node: {port: host
-    port}}) names one. ``heartbeat``: seconds between a node's heartbeats (Docker's default 5; a node
+    port}}) names one. ``binds``: host folder -> path in every node, read-only (what a real cluster's
+    nodes would each have, e.g. the models). ``heartbeat``: seconds between a node's heartbeats (Docker's default 5; a node
     is marked down after about three missed ones). The socket folders go under ``run_dir``
     (default var/swarm/<prefix>).
 
@@ -301,7 +303,8 @@ def up(name_prefix: str, nodes: int = 3, managers: int = 1, labels: Mapping[int,
     try:
         timings["node_image"] = _timed(lambda: node_image(host))
         swarm = _timed_value(timings, "containers",
-                             lambda: _create(host, name_prefix, nodes, managers, ports, fixed, run_dir))
+                             lambda: _create(host, name_prefix, nodes, managers, ports, fixed, run_dir,
+                                             dict(binds or {})))
         timings["engines"] = _timed(lambda: _each(swarm.nodes, lambda n: _wait_engine(n, timeout)))
         timings["swarm"] = _timed(lambda: _form(swarm, heartbeat, timeout))
         timings["labels"] = _timed(lambda: _apply_labels(swarm, labels))
@@ -477,7 +480,8 @@ def _nodes_network(host, prefix: str, mark: dict):
                 raise
 
 
-def _create(host, prefix: str, nodes: int, managers: int, ports: list, fixed: dict, run_dir: Path) -> Swarm:
+def _create(host, prefix: str, nodes: int, managers: int, ports: list, fixed: dict, run_dir: Path,
+            binds: dict | None = None) -> Swarm:
     mark = {SWARM: prefix}
     nodes_net = _nodes_network(host, prefix, mark)
     ports_net = host.networks.create(f"{prefix}-ports", driver="bridge", labels=mark)
@@ -496,7 +500,9 @@ def _create(host, prefix: str, nodes: int, managers: int, ports: list, fixed: di
         host_config = api.create_host_config(
             port_bindings={f"{p}/tcp": ("127.0.0.1", fixed.get(index, {}).get(p) or _free_port(taken)) for p in ports},
             mounts=[docker.types.Mount("/var/lib/docker", name, type="volume"),
-                    docker.types.Mount(API_DIR, str(api_dir), type="bind")],
+                    docker.types.Mount(API_DIR, str(api_dir), type="bind")]
+            + [docker.types.Mount(target, str(Path(source).resolve()), type="bind", read_only=True)
+               for source, target in sorted((binds or {}).items())],
             # a fresh /run at every start: a pid file or containerd socket left by a killed dockerd
             # (pid 1 again) would stop the new one
             tmpfs={"/run": "", "/tmp": ""},
