@@ -425,7 +425,8 @@ class SwarmRuntime:
             if replicas is not None else None,
             labels=[docker.ServiceLabelArgs(label=k, value=v) for k, v in _labels(self.cfg, w)]
             + [docker.ServiceLabelArgs(label="com.docker.stack.namespace", value=self.cfg.namePrefix)],
-            opts=opts,
+            # A fixed name: a replacement (a changed network, say) must remove the old service first.
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(delete_before_replace=True)),
         )
 
 

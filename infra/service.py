@@ -141,11 +141,12 @@ class PredictionService(pulumi.ComponentResource):
             command=["python", "-m", "prediction_service", "migrate", "--app-role", APP_ROLE, "--stay-up"],
             secret_env={"PREDICTION_TIMESCALE_URL": database.url(),
                         "PREDICTION_APP_DB_PASSWORD": database.app_password},
+            secret_uid=SERVICE_UID,
             networks=[(networks.data, [])],
             health=Health(["CMD", "test", "-f", MIGRATED_MARKER], interval="1s", timeout="2s", retries=1,
                           start_period="0s"),
             wait_timeout=cfg.service.migrateTimeoutSeconds,
             restart="no",
-            stop_grace_seconds=5,  # idle after the migration; nothing to drain
+            stop_grace_seconds=15,  # idle after the migration; nothing to drain (but a slow machine is slow to stop it)
         ), pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
             delete_before_replace=True, replace_on_changes=["*"], depends_on=[database.container])))

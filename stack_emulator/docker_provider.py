@@ -28,13 +28,11 @@ import docker.errors
 from docker.types import Healthcheck, Mount
 
 from . import swarm_provider
-from .outputs import NOT_AVAILABLE
+from .outputs import NOT_AVAILABLE, NOT_RUN
 from .program import CONTAINER, IMAGE, NETWORK, REMOTE_IMAGE, VOLUME, Resource
 from .swarm_provider import SWARM_TYPES, ServiceCreateFailed, ServiceUpdateFailed, SwarmError, SwarmProvider
 from .values import reveal
 
-# Recorded on a container whose image cannot be had here (Grafana): why it does not run.
-NOT_RUN = "__notRun__"
 # The engine API this machine's Docker speaks; inputs newer engines need are refused below.
 ENGINE_API = "1.41"
 

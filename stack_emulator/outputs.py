@@ -38,6 +38,8 @@ IMAGE = "docker:index/image:Image"
 
 # Image id answered for an upstream image with no local stand-in: its containers are not run.
 NOT_AVAILABLE = "not-available:"
+# Recorded on a container or service whose image cannot be had here (Grafana): why it does not run.
+NOT_RUN = "__notRun__"
 
 _COMPUTE = {RANDOM_PASSWORD: computed.random_password, PRIVATE_KEY: computed.private_key,
             SELF_SIGNED_CERT: computed.self_signed_cert}

@@ -24,8 +24,8 @@ import docker.errors
 
 from . import state as state_mod
 from .apply import ApplyFailed, apply
-from .docker_provider import NOT_RUN, DockerProvider, ProviderError
-from .outputs import NOT_AVAILABLE
+from .docker_provider import DockerProvider, ProviderError
+from .outputs import NOT_AVAILABLE, NOT_RUN
 from .engine import EngineMissing, engine_client
 from .images import ImageError, Images
 from .plan import Plan, PlanError, destroy_plan, make_plan
@@ -102,7 +102,8 @@ class RunningStack:
 
     def not_run(self) -> dict[str, str]:
         """Logical name -> why, for the containers whose image cannot be had here (Grafana)."""
-        return {r.name: r.outputs[NOT_RUN] for r in self.state.live() if r.type == CONTAINER and NOT_RUN in r.outputs}
+        return {r.name: r.outputs[NOT_RUN] for r in self.state.live()
+                if r.type in (CONTAINER, SERVICE) and NOT_RUN in r.outputs}
 
     def images(self) -> dict[str, str]:
         """Image reference -> image id, for every image the stack runs."""
@@ -204,7 +205,7 @@ def up(stack: str, *, prefix: str | None = None, ports: str | None = None, var_d
             missing = images.unbuildable()
             if missing:
                 raise StackError("; ".join(missing))
-            swarm = _swarm_up(stack, checked, s) if _is_swarm(checked) else None
+            swarm = _swarm_up(stack, checked, s, st) if _is_swarm(checked) else None
             graph = _program(stack, "up", st, _config(s), realise=True)
             if swarm is not None:
                 _load_images(swarm, graph)
@@ -282,7 +283,8 @@ def _load_images(swarm, graph: Graph) -> None:
     do by pulling from a registry."""
     refs = {}
     for r in graph.of_type(REMOTE_IMAGE):
-        refs[r.outputs.get("imageId")] = reveal(r.inputs)["name"]
+        if not str(r.outputs.get("imageId", "")).startswith(NOT_AVAILABLE):  # Grafana: not run here
+            refs[r.outputs.get("imageId")] = reveal(r.inputs)["name"]
     for r in graph.of_type(IMAGE):
         refs[r.outputs.get("repoDigest")] = reveal(r.inputs)["imageName"]
     wanted: dict[str, set[int]] = {}
@@ -316,7 +318,7 @@ def _placement_nodes(swarm, inputs: dict, every: set[int]) -> set[int]:
     return nodes or every
 
 
-def _swarm_up(stack: str, graph: Graph, s: dict):
+def _swarm_up(stack: str, graph: Graph, s: dict, st: StackState):
     """The local Swarm a swarm stack runs on when no real one is given: three nodes as containers
     (swarm_nodes.py), the database's node labelled, the models folder where the stack file says every
     node has it, and every port the services publish reachable on this machine's loopback (the
@@ -336,6 +338,7 @@ def _swarm_up(stack: str, graph: Graph, s: dict):
     label = next(c.split(" == ")[0].removeprefix("node.labels.") for c in
                  graph.one(SERVICE, "database-container").get("taskSpec")["placement"]["constraints"])
     s["swarm"] = prefix
+    st.save()  # the ports chosen for the nodes: a later run (after a failure, too) asks for the same
     try:
         return swarm_nodes.up(prefix, nodes=SWARM_NODES, managers=1, labels={DATABASE_NODE: {label: "true"}},
                               ports=ports, fixed_ports={1: fixed}, binds={str(ROOT / "service/models"): m for m in models},
@@ -425,6 +428,9 @@ def status(stack: str, var_dir: Path = VAR) -> list[tuple[str, str, str]]:
     if swarm is not None:
         client = swarm.client()
     for r in st.live():
+        if r.type == SERVICE and NOT_RUN in r.outputs:
+            out.append((reveal(r.inputs)["name"], "not run", r.outputs[NOT_RUN]))
+            continue
         if r.type == SERVICE:
             name = reveal(r.inputs)["name"]
             try:

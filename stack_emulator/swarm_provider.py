@@ -33,6 +33,7 @@ import docker
 import docker.errors
 import requests
 
+from .outputs import NOT_AVAILABLE, NOT_RUN
 from .program import SECRET, SERVICE, SERVICE_CONFIG, Resource
 from .values import reveal
 
@@ -617,6 +618,10 @@ class SwarmProvider:
             return self._create_secret(inputs), dict(r.inputs)
         if r.type == SERVICE_CONFIG:
             return self._create_config(inputs), dict(r.inputs)
+        image = inputs["taskSpec"]["containerSpec"]["image"]
+        if image.startswith(NOT_AVAILABLE):  # no local stand-in (Grafana): recorded as not run
+            ref = image[len(NOT_AVAILABLE):]
+            return "", {**r.inputs, NOT_RUN: f"no local stand-in of {ref}"}
         return self._create_service(inputs), dict(r.inputs)
 
     def _create_secret(self, inputs: dict) -> str:
@@ -747,7 +752,7 @@ class SwarmProvider:
         planned values) at the service's current version; with converge_config, wait (7 s, then every
         5-10 s) until the update completed: a rollback or pause is an error, and so is a timeout
         (DidNotConvergeError)."""
-        if new.type != SERVICE:
+        if new.type != SERVICE or not old.id:
             return dict(new.inputs)  # secrets and configs have no Update: every change replaces them
         inputs = reveal(new.inputs)
         try:
@@ -781,7 +786,7 @@ class SwarmProvider:
     def delete(self, old) -> None:
         inputs = reveal(old.inputs)
         try:
-            if old.type == SERVICE:
+            if old.type == SERVICE and old.id:
                 self._delete_service(old.id, inputs)
             elif old.type == SECRET:
                 self.client.api.remove_secret(old.id)  # resourceDockerSecretDelete
