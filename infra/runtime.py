@@ -391,7 +391,9 @@ class SwarmRuntime:
             healthcheck=docker.ServiceTaskSpecContainerSpecHealthcheckArgs(
                 tests=health.tests, interval=health.interval, timeout=health.timeout, retries=health.retries,
                 start_period=health.start_period) if health else None,
-            stop_grace_period=f"{w.stop_grace_seconds}s",
+            # The provider's delete waits at most this long for each task container on the manager to be
+            # removed, and fails past it (deleteService): at least 15 s, for a slow node.
+            stop_grace_period=f"{max(w.stop_grace_seconds, 15)}s",
             user=w.user,
             init=w.init,
             hostname=w.hostname,

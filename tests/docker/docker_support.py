@@ -74,7 +74,7 @@ class Load:
 def derived_image(stack: "StackClient", tag: str, lines: list[str], files: dict[str, str] | None = None) -> str:
     """Build ``prediction-service:<tag>`` FROM the image the stack's replicas run, plus Dockerfile
     ``lines`` (``files``: name -> content in the build context); returns its image id."""
-    base = stack.container("service-1").attrs["Config"]["Image"]
+    base = stack.service_image()
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
         for name, text in {"Dockerfile": "\n".join([f"FROM {base}", *lines]) + "\n", **(files or {})}.items():
@@ -110,6 +110,10 @@ class StackClient:
         self.url = run.env["GATEWAY_URL"]
         self.cacert = run.env["CA_CERT"]
         self.api_key = run.env["PREDICTION_API_KEY"]
+
+    def service_image(self) -> str:
+        """The image the replicas run."""
+        return self.container("service-1").attrs["Config"]["Image"]
 
     def up(self, config: dict | None = None, replace: tuple[str, ...] = ()) -> RunningStack:
         """`make stack-up` again, as `pulumi config set --path …` (``config``, relative to the stack
