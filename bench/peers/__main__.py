@@ -144,9 +144,9 @@ def run(args, log=print) -> dict:
     folder, version, is_default = model_folder(args.model, args.version)
     model = OnnxModel(folder)
     meta = json.loads((folder / "metadata.json").read_text())
-    bins = {k: venvs.ensure(k, args.venvs, log).parent for k in PEERS if k in args.servers}
-    if not args.no_plot:
-        venvs.ensure("plot", args.venvs, log)  # now rather than after the measurements
+    # The plot's venv too, now rather than after the measurements.
+    wanted = [k for k in PEERS if k in args.servers] + ([] if args.no_plot else ["plot"])
+    bins = {k: python.parent for k, python in venvs.ensure_all(wanted, args.venvs, log).items()}
     server_cpus, wrk_cpus = _cpus(args.no_pin)
     workdir = args.output / "peers-run"
     shutil.rmtree(workdir, ignore_errors=True)

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +74,13 @@ def ensure(name: str, root: Path, log=print) -> Path:
             if old != folder and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
     return python
+
+
+def ensure_all(names: list[str], root: Path, log=print) -> dict[str, Path]:
+    """:func:`ensure` for several venvs at once (the installs wait on the network as much as on the CPU)."""
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        futures = {name: pool.submit(ensure, name, root, log) for name in names}
+        return {name: f.result() for name, f in futures.items()}
 
 
 def _build(name: str, folder: Path, log) -> None:
