@@ -30,18 +30,20 @@ def draw(doc: dict, out: str) -> None:
                error_kw={"elinewidth": 1.2, "ecolor": "#333333"})
         for x, m, h, s, e in zip(xs, med, hi, servers, entries):
             r = e["ratio_to_baseline"]["median"]
-            text = "baseline" if s == "baseline" else f"{r:.2f}×"
-            ax.annotate(text, (x, m + h), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8.5)
+            cpu = e.get("cpu_ratio_to_baseline")
+            text = "baseline" if s == "baseline" else f"{r:.2f}×" + (f"\nCPU {cpu:.2f}×" if cpu else "")
+            ax.annotate(text, (x, m + h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
             top = max(top, m + h)
     ax.set_xticks(range(len(servers)))
     ax.set_xticklabels([doc["servers"][s]["label"].replace(", ", ",\n").replace(" + ", " +\n") for s in servers],
                        fontsize=9)
-    ax.set_ylim(0, top * 1.15)
+    ax.set_ylim(0, top * 1.2)
     ax.set_ylabel("requests per second (median of the rounds; whiskers: min–max)")
     st, model = doc["settings"], doc["model"]
     ax.set_title(f"{model['name']} v{model['version']} ONNX model, one worker on one core, wrk {st['connections']} "
                  f"connections, {st['rounds']} interleaved rounds of {st['duration']} s\n"
-                 f"label: median ratio to the bare aiohttp + onnxruntime baseline in the same rounds",
+                 f"labels: median ratio of req/s to the bare aiohttp + onnxruntime baseline run before it; "
+                 f"CPU: its CPU time per request over the server's",
                  fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)

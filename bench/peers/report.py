@@ -53,6 +53,12 @@ def build(runs: list[Run], servers: list[str], cases: list[str], settings: dict,
                 "probe": {k: v for k, v in s["probe"].items() if k != "server_cpu_s"},
             }
             results.setdefault(server, {})[case] = entry
+        # CPU per request against the baseline's: what the req/s ratio would be if each server's own CPU
+        # were the only limit. Much steadier than req/s on a shared machine (waiting for a CPU costs none).
+        base_cpu = results["baseline"][case]["cpu_us_per_request"]
+        for server in servers:
+            cpu = results[server][case]["cpu_us_per_request"]
+            results[server][case]["cpu_ratio_to_baseline"] = base_cpu / cpu if base_cpu and cpu else None
     return {
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "wrk": wrk_version(),
@@ -77,7 +83,7 @@ def _per_round(runs: list[Run], key: str) -> dict[int, list[float]]:
 # --- rendering ---------------------------------------------------------------------------------------
 
 HEADER = ["server", "case", "req/s per round", "req/s median", "× baseline [min–max]", "p50 ms", "p99 ms",
-          "non-2xx", "socket errors", "CPU µs/req"]
+          "non-2xx", "socket errors", "CPU µs/req", "CPU × baseline"]
 
 
 def rows(doc: dict) -> list[list[str]]:
@@ -92,6 +98,7 @@ def rows(doc: dict) -> list[list[str]]:
                 f"{e['latency_ms']['50']:.2f}", f"{e['latency_ms']['99']:.2f}", str(e["non_2xx"]),
                 str(e["socket_errors"]),
                 f"{e['cpu_us_per_request']:,.0f}" if e["cpu_us_per_request"] else "-",
+                f"{e['cpu_ratio_to_baseline']:.2f}" if e["cpu_ratio_to_baseline"] else "-",
             ])
     return out
 
@@ -117,15 +124,18 @@ def console(doc: dict) -> str:
             lines.append("  ".join("-" * w for w in widths))
     lines += ["", "per request, besides parse → infer → answer:"]
     lines += [f"  {s['label']:<28} {s['does']}" for s in doc["servers"].values()]
-    lines += ["", "cases: " + "; ".join(f"{c}: {d}" for c, d in doc["cases"].items()), _conditions(doc)]
+    lines += ["", "cases: " + "; ".join(f"{c}: {d}" for c, d in doc["cases"].items()),
+              "× baseline: median over the rounds of (server req/s / the baseline run right before it); "
+              "CPU × baseline: the baseline's CPU time per request over the server's (all its processes; "
+              "the service's PostgreSQL and Redis not counted)", _conditions(doc)]
     return "\n".join(lines)
 
 
 def markdown(doc: dict) -> str:
     out = [f"Measured: {_conditions(doc)}.", "",
            "| server | per request, besides parse → infer → answer | case | req/s per round | req/s median "
-           "| × baseline [min–max] | p50 ms | p99 ms | non-2xx | socket errors | CPU µs/req |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| × baseline [min–max] | p50 ms | p99 ms | non-2xx | socket errors | CPU µs/req | CPU × baseline |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     last = None
     for r, (server, case) in zip(rows(doc), [(s, c) for s, bc in doc["results"].items() for c in bc]):
         first = server != last
