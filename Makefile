@@ -14,8 +14,13 @@ LOCALENV_VAR_DIR ?= $(CURDIR)/var
 APT_PACKAGES := postgresql-15 postgresql-client-15 redis-server redis-tools nginx prometheus \
 	prometheus-node-exporter wrk openssl curl ca-certificates python3-venv procps iproute2
 
+<<<<<<< HEAD
 .PHONY: help deps system-deps timescaledb venv model grpc-protoset test test-docker docker-engine stack-up stack-preview stack-down stack-status \
 	up down status bench bench-gateway preview deploy lint clean pristine-check
+=======
+.PHONY: help deps system-deps timescaledb venv model test test-docker docker-engine stack-up stack-down stack-status \
+	up down status bench bench-gateway bench-peers preview deploy lint clean pristine-check
+>>>>>>> issue19-peers
 
 help:
 	@echo "make up       run the platform on this machine (prints URL and a ready curl)"
@@ -24,6 +29,7 @@ help:
 	@echo "make test     install everything needed, then run all tests"
 	@echo "make bench    benchmark one service process (ratios against a bare-aiohttp baseline), then the gateway"
 	@echo "make bench-gateway   only the gateway vs direct part (runs make up first)"
+	@echo "make bench-peers     the service beside MLServer, BentoML and LitServe on the same model (table, JSON, picture)"
 	@echo "make model    (re)build the demo models into $(MODELS)/"
 	@echo "make grpc-protoset   recompile the vendored gRPC protocol (service/prediction_service/oip_grpc/) after changing it"
 	@echo "make timescaledb   give PostgreSQL 15 the pinned TimescaleDB (package, else build from TIMESCALEDB_SOURCE)"
@@ -126,6 +132,12 @@ bench-gateway: up
 	@set -a && source "$(LOCALENV_VAR_DIR)/localenv.env" && set +a && \
 	$(BIN)/python -m bench --gateway "$$LOCALENV_URL" --direct "$${LOCALENV_SERVICE_URLS%% *}" \
 		--api-key "$$PREDICTION_API_KEY"
+
+# The service as deployed beside MLServer, BentoML and LitServe and a bare aiohttp + onnxruntime baseline,
+# same model, one core each (bench/peers). Each peer's pinned venv is made once under var/bench/peers-venvs/
+# (minutes from the package index the first time). Writes var/bench/peers.{json,md,png}.
+bench-peers: deps timescaledb $(MODELS)/.built
+	@$(BIN)/python -m bench.peers
 
 preview deploy: venv
 	@command -v pulumi >/dev/null || { echo "pulumi CLI not found: install it from pulumi.com/docs/install to $@ stack '$(STACK)'"; exit 1; }
