@@ -14,13 +14,8 @@ LOCALENV_VAR_DIR ?= $(CURDIR)/var
 APT_PACKAGES := postgresql-15 postgresql-client-15 redis-server redis-tools nginx prometheus \
 	prometheus-node-exporter wrk openssl curl ca-certificates python3-venv procps iproute2
 
-<<<<<<< HEAD
 .PHONY: help deps system-deps timescaledb venv model grpc-protoset test test-docker docker-engine stack-up stack-preview stack-down stack-status \
-	up down status bench bench-gateway preview deploy lint clean pristine-check
-=======
-.PHONY: help deps system-deps timescaledb venv model test test-docker docker-engine stack-up stack-down stack-status \
 	up down status bench bench-gateway bench-peers preview deploy lint clean pristine-check
->>>>>>> issue19-peers
 
 help:
 	@echo "make up       run the platform on this machine (prints URL and a ready curl)"
