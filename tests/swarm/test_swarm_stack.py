@@ -145,9 +145,9 @@ def test_a_rolling_update_to_a_new_image_loses_no_request_and_no_row(swarm_stack
 
 
 def test_an_image_whose_healthcheck_fails_is_rolled_back_by_swarm_while_the_old_one_serves(swarm_stack):
-    # Its service listens elsewhere, so its healthcheck never passes: the new task turns unhealthy
-    # within the update's monitor window and Swarm rolls the update back by itself.
-    derived_image(swarm_stack, "1.6.0-broken", ["ENV PREDICTION_PORT=8099"])
+    # It serves nothing, so its healthcheck never passes: the new task turns unhealthy within the
+    # update's monitor window and Swarm rolls the update back by itself.
+    derived_image(swarm_stack, "1.6.0-broken", ['CMD ["sleep", "infinity"]'])
     before = {t["Spec"]["ContainerSpec"]["Image"] for t in swarm_stack.tasks("service")}
     try:
         with swarm_stack.load() as load:
