@@ -49,8 +49,14 @@ def timescaledb_missing() -> str | None:
         return f"TimescaleDB is not installed for PostgreSQL 15 (no {control}): run make timescaledb"
     if f"default_version = '{TIMESCALEDB_VERSION}'" not in control.read_text():
         return f"{control} is not TimescaleDB {TIMESCALEDB_VERSION}: run make timescaledb"
-    # build-timescaledb.sh records the patches it applied; an older build lacks the scheduler fix.
-    stamp = control.parent / f"timescaledb-{TIMESCALEDB_VERSION}.patches"
+    return None
+
+
+def timescaledb_unpatched() -> str | None:
+    """None when the installed TimescaleDB was built with scripts/patches/timescaledb-<version>/ (as
+    build-timescaledb.sh records it), else why not: an older build lacks the scheduler fix."""
+    sharedir = subprocess.run([str(PG_BIN / "pg_config"), "--sharedir"], capture_output=True, text=True).stdout.strip()
+    stamp = Path(sharedir) / "extension" / f"timescaledb-{TIMESCALEDB_VERSION}.patches"
     wanted = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(PATCHES.glob("*.patch")))
     if wanted and (not stamp.is_file() or stamp.read_text().strip() != wanted.strip()):
         return (f"TimescaleDB {TIMESCALEDB_VERSION} is installed without the patches of {PATCHES.relative_to(ROOT)} "
@@ -59,10 +65,10 @@ def timescaledb_missing() -> str | None:
 
 
 def require_timescaledb() -> None:
-    """Skip the calling test (fail it under CI=true) when TimescaleDB cannot be had here."""
+    """Skip the calling test (fail it under CI=true) when TimescaleDB, with our patches, cannot be had here."""
     import pytest
 
-    reason = timescaledb_missing()
+    reason = timescaledb_missing() or timescaledb_unpatched()
     if reason is None:
         return
     if os.environ.get("CI") == "true":

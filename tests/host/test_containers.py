@@ -216,6 +216,43 @@ def test_node_exporter_reads_the_host_read_only(host):
     assert options is not None and "ro" in options, f"the host's root must be mounted read-only, found {options}"
 
 
+# --- exporters: the upstream images' users and ports ----------------------------------------------------
+# Published nowhere: that is the Docker suite's to check (the container's published ports), not visible
+# from inside. prometheuscommunity/postgres-exporter has busybox (sh, wget); oliver006/redis_exporter is
+# FROM scratch, so these checks run where the image has a shell (the local stand-in does).
+
+POSTGRES_EXPORTER_PORT = 9187  # the upstream images' defaults
+REDIS_EXPORTER_PORT = 9121
+
+
+def _environ(host, pid: int) -> dict[str, str]:
+    raw = host.file(f"/proc/{pid}/environ").content_string
+    return dict(kv.split("=", 1) for kv in raw.split("\0") if "=" in kv)
+
+
+@pytest.mark.role("postgres-exporter")
+def test_postgres_exporter_is_unprivileged_and_logs_in_as_the_monitoring_role(host, expected):
+    exporter = main_process(host, r"postgres_exporter")
+    assert exporter.pid == 1 and user_name(host, exporter.uid) == "nobody"
+    assert listens_on_every_address(host, POSTGRES_EXPORTER_PORT)
+    env = _environ(host, exporter.pid)
+    assert env.get("DATA_SOURCE_USER") == expected["postgres_exporter_db_user"], \
+        "the exporter must log in as the monitoring role (pg_monitor only), not the owner"
+    queries = env.get("PG_EXPORTER_EXTEND_QUERY_PATH", "")
+    assert queries and host.file(queries).content_string == (ROOT / "roles/postgres_exporter/files/queries.yml").read_text(), \
+        "the exporter must read roles/postgres_exporter/files/queries.yml (PG_EXPORTER_EXTEND_QUERY_PATH)"
+    metrics = run_ok(host, f"wget -qO- http://127.0.0.1:{POSTGRES_EXPORTER_PORT}/metrics")
+    assert re.search(r"^pg_up 1$", metrics, re.M), "the exporter does not reach the database"
+    assert "pg_timescaledb_job_scheduled" in metrics, "no TimescaleDB job state in the exporter's metrics"
+
+
+@pytest.mark.role("redis-exporter")
+def test_redis_exporter_is_unprivileged_and_listens(host):
+    exporter = main_process(host, r"redis_exporter")
+    assert exporter.pid == 1 and exporter.uid == 59000, f"uid {exporter.uid}: the upstream image runs as 59000"
+    assert listens_on_every_address(host, REDIS_EXPORTER_PORT)
+
+
 # --- ops: the toolbox the playbooks run in -------------------------------------------------------------
 
 @pytest.mark.role("ops")

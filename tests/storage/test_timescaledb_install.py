@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.postgres import timescaledb_missing
+from harness.postgres import timescaledb_missing, timescaledb_unpatched
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,8 +33,9 @@ def tree_pinning_another_version(tmp_path) -> Path:
 
 
 def test_nothing_to_do_when_the_pinned_version_is_installed():
-    if timescaledb_missing():
-        pytest.skip(timescaledb_missing())
+    reason = timescaledb_missing() or timescaledb_unpatched()
+    if reason:
+        pytest.skip(reason)
     r = run(ROOT / "scripts" / "install-timescaledb.sh")
     assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
 
