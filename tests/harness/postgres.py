@@ -57,7 +57,9 @@ def timescaledb_unpatched() -> str | None:
     build-timescaledb.sh records it), else why not: an older build lacks the scheduler fix."""
     sharedir = subprocess.run([str(PG_BIN / "pg_config"), "--sharedir"], capture_output=True, text=True).stdout.strip()
     stamp = Path(sharedir) / "extension" / f"timescaledb-{TIMESCALEDB_VERSION}.patches"
-    wanted = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(PATCHES.glob("*.patch")))
+    # The lines `sha256sum` prints for each patch, as the build records them.
+    wanted = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
+                     for p in sorted(PATCHES.glob("*.patch")))
     if wanted and (not stamp.is_file() or stamp.read_text().strip() != wanted.strip()):
         return (f"TimescaleDB {TIMESCALEDB_VERSION} is installed without the patches of {PATCHES.relative_to(ROOT)} "
                 "(its scheduled jobs would be recorded as failed): run make timescaledb")

@@ -12,83 +12,52 @@ import os
 import shutil
 import tempfile
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from harness.postgres import query, require_timescaledb, start_postgres
+from harness.scheduled_jobs import (PORTAL_ERROR, chunks, last_run_status, run_policies_by_the_scheduler,
+                                    write_rows_of_days_ago)
 from harness.timescaledb_unpatched import UnavailableError, server_with_module, unpatched_tsl_module
 from harness.waiting import wait_until
 from prediction_service.storage import apply_migrations
-from prediction_service.storage.batch import batch_statement, encode_rows, to_record
 
 pytestmark = pytest.mark.slow
 TABLES = ("predictions", "prediction_metrics")
-PORTAL_ERROR = 'cannot drop portal "" while it is being set up'
 # Days ago of the rows written: past the 30-day retention, inside it, past the 3-day compression, recent.
 AGES = (45, 31.05, 29, 5, 4, 1, 0)
 
 
-def jobs_under_test(admin: str) -> list[int]:
-    """The four policies of the migrations and TimescaleDB's job-history retention."""
-    return [j for (j,) in query(admin, "SELECT job_id FROM timescaledb_information.jobs WHERE hypertable_name "
-                                       "IS NOT NULL OR proc_name = 'policy_job_stat_history_retention' ORDER BY 1")]
-
-
 def scheduled_run(server) -> dict:
-    """Migrate, write rows of every age, shorten the jobs' schedule to 2 s from now and wait until the
-    scheduler has finished a run of each. Returns what a user would look at afterwards."""
+    """Migrate, write rows of every age, let the scheduler run the four policies and TimescaleDB's
+    job-history retention on a shortened schedule. Returns what a user would look at afterwards."""
     dsn, admin = server.dsn(), server.dsn(admin=True)
     apply_migrations(dsn)
     now = query(dsn, "SELECT now()")[0][0]
-    for days in AGES:
-        when = now - timedelta(days=days)
-        encoded, _ = encode_rows([to_record({"time": when + timedelta(milliseconds=i), "model": "iris",
-                                             "model_version": "1", "request_id": f"{days}-{i}",
-                                             "input": {"x": i}, "output": "setosa", "latency_ms": 1.0})
-                                  for i in range(50)])
-        query(dsn, batch_statement(encoded, "node-a"))
-    jobs = jobs_under_test(admin)
+    write_rows_of_days_ago(partial(query, dsn), now, AGES, "iris", per_day=50)
+    [(history,)] = query(admin, "SELECT job_id FROM timescaledb_information.jobs "
+                                "WHERE proc_name = 'policy_job_stat_history_retention'")
+    jobs = run_policies_by_the_scheduler(partial(query, admin), extra_jobs=(history,))
     assert len(jobs) == 5, jobs
-    # Retention first, then compression: run together on a table whose old chunks were never compressed
-    # (only backfilled data looks like that), compression would also pick the chunks retention is
-    # dropping and rightly report those as failed.
-    compression = [j for (j,) in query(admin, "SELECT job_id FROM timescaledb_information.jobs "
-                                              "WHERE proc_name = 'policy_compression'")]
-    for phase in ([j for j in jobs if j not in compression], compression):
-        shortened = query(admin, "SELECT now()")[0][0]
-        for job in phase:
-            query(admin, "SELECT alter_job(%s, schedule_interval => INTERVAL '2 seconds', next_start => now())",
-                  (job,))
-
-        # A run started since then and finished (the scheduler also ran each job once when it was created).
-        def finished():
-            rows = query(admin, "SELECT job_id FROM timescaledb_information.job_stats WHERE job_id = ANY(%s) "
-                                "AND last_run_started_at >= %s AND last_run_duration IS NOT NULL", (phase, shortened))
-            return len(rows) == len(phase)
-        wait_until(finished, 90, f"a finished scheduled run of jobs {phase}")
     return {
         "now": now,
-        "status": dict(query(admin, "SELECT job_id, last_run_status FROM timescaledb_information.job_stats "
-                                    "WHERE job_id = ANY(%s)", (jobs,))),
-        "runs": dict(query(admin, "SELECT job_id, total_successes FROM timescaledb_information.job_stats "
-                                  "WHERE job_id = ANY(%s)", (jobs,))),
+        "jobs": jobs,
+        "status": last_run_status(partial(query, admin), jobs),
         "errors": query(admin, "SELECT job_id, sqlerrcode, err_message FROM timescaledb_information.job_errors "
                                "ORDER BY job_id"),
-        "chunks": {t: query(dsn, "SELECT range_end, is_compressed FROM timescaledb_information.chunks "
-                                 "WHERE hypertable_name = %s ORDER BY range_start", (t,)) for t in TABLES},
-        "jobs": jobs,
+        "chunks": {t: chunks(partial(query, dsn), t) for t in TABLES},
     }
 
 
 def assert_the_work_was_done(seen: dict) -> None:
     now: datetime = seen["now"]
-    for table, chunks in seen["chunks"].items():
-        ends = [end for end, _ in chunks]
-        assert all(end > now - timedelta(days=30) for end in ends), f"{table}: chunks past the retention remain"
-        assert len(chunks) == 5, (table, chunks)  # 29, 5, 4, 1 and 0 days ago
-        for end, compressed in chunks:
-            assert compressed == (end <= now - timedelta(days=3)), (table, chunks)
+    for table, state in seen["chunks"].items():
+        assert all(end > now - timedelta(days=30) for end, _ in state), f"{table}: chunks past the retention remain"
+        assert len(state) == 5, (table, state)  # 29, 5, 4, 1 and 0 days ago
+        for end, compressed in state:
+            assert compressed == (end <= now - timedelta(days=3)), (table, state)
 
 
 @pytest.fixture
