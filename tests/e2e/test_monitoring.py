@@ -1,6 +1,8 @@
 """Every PromQL expression of the dashboards and alert rules runs against the environment's Prometheus;
 dashboard panels show data after traffic and a backup; no alert fires while the platform is healthy."""
+import numpy as np
 import pytest
+import tritonclient.grpc as triton
 
 from harness.postgres import timescaledb_missing
 from harness.promql_sources import alert_rules, concrete, dashboard_panels
@@ -25,8 +27,8 @@ def test_expression_evaluates(localenv, source, name, expr):
 
 @pytest.fixture(scope="module")
 def after_traffic(localenv):
-    """Some mixed traffic (misses, hits, a batch) and a backup (the backup panels describe the newest
-    dump), then wait until Prometheus has seen them."""
+    """Some mixed traffic (misses, hits, a batch; REST and gRPC) and a backup (the backup panels describe
+    the newest dump), then wait until Prometheus has seen them."""
     backup = localenv.playbook("backup.yml")
     assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-2000:]
     s = localenv.session()
@@ -34,6 +36,13 @@ def after_traffic(localenv):
     for i in range(30):
         s.post(f"{localenv.url}/api/v1/models/iris/predict", json={**body, "sepal_length": 6.0 + i / 100}, timeout=10)
         s.post(f"{localenv.url}/api/v1/models/iris/predict", json=body, timeout=10)  # cache hits
+    grpc = triton.InferenceServerClient(localenv.url.removeprefix("https://"), ssl=True,
+                                        root_certificates=localenv.cacert)
+    x = triton.InferInput("input", [1, 4], "FP32")
+    x.set_data_from_numpy(np.array([[6.0, 3.0, 4.5, 1.5]], np.float32))
+    for _ in range(10):
+        grpc.infer("iris", [x], headers={"x-api-key": localenv.api_key})
+    grpc.close()
     wait_until(lambda: localenv.promql("sum(rate(prediction_service_request_duration_seconds_count[1m])) > 0"),
                40, "request rate visible in Prometheus")
     wait_until(lambda: localenv.promql("prediction_db_backup_dumps"), 40, "the backup's metrics in Prometheus")

@@ -14,8 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # The parts a stack container plays (infra/: the com.prediction.component label of each container).
-CONTAINER_ROLES = ("gateway", "service", "database", "cache", "prometheus", "node-exporter", "postgres-exporter",
-                   "redis-exporter", "ops")
+CONTAINER_ROLES = ("gateway", "service", "migrate", "database", "cache", "prometheus", "node-exporter",
+                   "postgres-exporter", "redis-exporter", "ops")
 
 
 class ExpectedVars:
