@@ -23,7 +23,8 @@ from host_expectations import ROOT, mount_options, processes, run_ok, tcp_listen
 sys.path.insert(0, str(ROOT / "infra"))
 from database import APP_ROLE, POSTGRES_PORT  # noqa: E402
 from gateway import DOCKER_DNS, HTTP_PORT, HTTPS_PORT, TLS_DIR  # noqa: E402
-from monitoring import NODE_EXPORTER_PORT, PROMETHEUS_PORT, RULES_IN_CONTAINER  # noqa: E402
+from monitoring import (NODE_EXPORTER_PORT, POSTGRES_EXPORTER_PORT, POSTGRES_EXPORTER_QUERIES,  # noqa: E402
+                        PROMETHEUS_PORT, REDIS_EXPORTER_PORT, RULES_IN_CONTAINER)
 from ops import BACKUPS_PATH, MODELS_PATH  # noqa: E402
 from service import MIGRATED_MARKER  # noqa: E402
 
@@ -243,9 +244,6 @@ def test_migrate_job_migrated_as_the_owner_and_listens_nowhere(host, expected):
 # from inside. prometheuscommunity/postgres-exporter has busybox (sh, wget); oliver006/redis_exporter is
 # FROM scratch, so these checks run where the image has a shell (the local stand-in does).
 
-POSTGRES_EXPORTER_PORT = 9187  # the upstream images' defaults
-REDIS_EXPORTER_PORT = 9121
-
 
 def _environ(host, pid: int) -> dict[str, str]:
     raw = host.file(f"/proc/{pid}/environ").content_string
@@ -261,7 +259,7 @@ def test_postgres_exporter_is_unprivileged_and_logs_in_as_the_monitoring_role(ho
     assert env.get("DATA_SOURCE_USER") == expected["postgres_exporter_db_user"], \
         "the exporter must log in as the monitoring role (pg_monitor only), not the owner"
     queries = env.get("PG_EXPORTER_EXTEND_QUERY_PATH", "")
-    assert queries and host.file(queries).content_string == (ROOT / "roles/postgres_exporter/files/queries.yml").read_text(), \
+    assert queries == POSTGRES_EXPORTER_QUERIES and host.file(queries).content_string == (ROOT / "roles/postgres_exporter/files/queries.yml").read_text(), \
         "the exporter must read roles/postgres_exporter/files/queries.yml (PG_EXPORTER_EXTEND_QUERY_PATH)"
     metrics = run_ok(host, f"wget -qO- http://127.0.0.1:{POSTGRES_EXPORTER_PORT}/metrics")
     assert re.search(r"^pg_up 1$", metrics, re.M), "the exporter does not reach the database"
