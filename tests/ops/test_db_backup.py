@@ -112,6 +112,20 @@ def loaded_db(postgres, fresh_db, playbook, storage_mode):
     return db
 
 
+def test_the_backups_timestamp_is_taken_once():
+    """The dump's and the manifest's names share one stamp: set_fact evaluates now() once, first; a role
+    variable holding now() is templated again at every use (and a second may pass between two)."""
+    import yaml
+
+    role = Path(__file__).resolve().parents[2] / "roles/db_backup"
+    first = yaml.safe_load((role / "tasks/main.yml").read_text())[0]
+    assert "now(" in first["ansible.builtin.set_fact"]["_db_backup_stamp"], first
+    for folder in ("vars", "defaults"):
+        for path in (role / folder).glob("*.yml"):
+            assert "now(" not in "".join(line.split("#", 1)[0] for line in path.read_text().splitlines()), \
+                f"{path}: a variable holding now() is evaluated at each use; set it once with set_fact"
+
+
 def manifests(backup_dir: Path) -> list[Path]:
     return sorted(backup_dir.glob("*.manifest.json"))
 
