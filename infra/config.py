@@ -167,6 +167,10 @@ class MonitoringConfig:
     redisExporterTag: str = "v1.45.0"
     redisExporterImage: str = "oliver006/redis_exporter"
     exporterMemoryMb: int = 64  # each exporter's memory limit (both use a few MB)
+    # The filesystem holding the database's volume as node-exporter reports it (the host's / unless
+    # Docker's data root, /var/lib/docker, is a mount of its own): labelled volume="database" for the
+    # DatabaseDiskAlmostFull alert and the data-layer dashboard's disk panel.
+    databaseMountpoint: str = "/"
     datasourceUid: str = "prometheus"
 
 

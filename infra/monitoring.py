@@ -63,6 +63,7 @@ def prometheus_variables(cfg: PlatformConfig, service_dns: str, port: int, rule_
         if postgres_exporter else [],
         "prometheus_redis_exporter_targets": [f"{redis_exporter}:{REDIS_EXPORTER_PORT}"] if redis_exporter else [],
         "prometheus_self_target": f"localhost:{PROMETHEUS_PORT}",
+        "prometheus_database_mountpoint": m.databaseMountpoint,
     }
 
 

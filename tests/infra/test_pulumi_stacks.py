@@ -375,6 +375,10 @@ def test_prometheus_scrapes_the_data_layers_exporters(stack):
                                ("redis", "monitoring-redis-exporter", 9121)):
         [static] = jobs[job]["static_configs"]
         assert static["targets"] == [f"{graph.container(logical).get('name')}:{port}"], job
+    # The database disk alert's series: the host filesystem holding Docker's volumes, found by DNS too.
+    [relabel] = jobs["node"]["metric_relabel_configs"]
+    assert (relabel["regex"], relabel["target_label"], relabel["replacement"]) == (
+        "node_filesystem_[a-z_]+;/", "volume", "database")
 
 
 def test_exporters_reach_the_data_layer_unpublished(stack):

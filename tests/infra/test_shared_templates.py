@@ -536,6 +536,10 @@ def test_prometheus_optional_jobs_are_omitted_when_empty(tmp_path):
     parsed = yaml.safe_load(conf.read_text())
     assert [j["job_name"] for j in parsed["scrape_configs"]] == ["prediction_service"]
     assert parsed["rule_files"] == []
+    # The exporters' jobs do not depend on a node-exporter being scraped.
+    variables["prometheus_postgres_exporter_targets"] = ["127.0.0.1:9187"]
+    conf.write_text(render(PROMETHEUS_TEMPLATE, **variables))
+    assert [j["job_name"] for j in yaml.safe_load(conf.read_text())["scrape_configs"]] == ["prediction_service", "postgres"]
     result = subprocess.run([PROMTOOL, "check", "config", str(conf)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
