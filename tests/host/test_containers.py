@@ -73,11 +73,15 @@ def test_gateway_configuration_is_valid_and_reresolves_every_replica(host, nginx
     run_ok(host, "nginx -t")
     service = stack_file("service")
     servers = re.findall(r"^\s*server\s+(\S+):(\d+)\b([^;]*)\bresolve;", nginx_conf, re.M)
-    primaries = [(name, int(port)) for name, port, params in servers if "backup" not in params]
-    backups = [(name, int(port)) for name, port, params in servers if "backup" in params]
-    # One name for every replica, and once more as a backup (the fallback when nginx counts all of
-    # them failed); Docker's DNS answers it with every replica's address.
-    assert len(primaries) == 1 and primaries[0][1] == service.port and backups == primaries, servers
+    # One upstream per protocol (REST on service.port, gRPC on service.grpcPort), each with one name for
+    # every replica and once more as a backup (the fallback when nginx counts all of them failed);
+    # Docker's DNS answers it with every replica's address.
+    assert {int(port) for _, port, _ in servers} == {service.port, service.grpcPort}, servers
+    for wanted in (service.grpcPort, service.port):
+        ours = [(name, int(port), "backup" in params) for name, port, params in servers if int(port) == wanted]
+        primaries = [(name, port) for name, port, backup in ours if not backup]
+        backups = [(name, port) for name, port, backup in ours if backup]
+        assert len(primaries) == 1 and backups == primaries, servers
     assert re.search(rf"^\s*resolver\s+{re.escape(DOCKER_DNS)}\b", nginx_conf, re.M), \
         "replicas' names must be re-resolved through Docker's DNS"
     addresses = {line.split()[0] for line in run_ok(host, f"getent ahostsv4 {primaries[0][0]}").splitlines()}
