@@ -12,7 +12,8 @@ LOCALENV_VAR_DIR ?= $(CURDIR)/var
 # System packages the tests and the local environment run for real, and what a minimal Debian 12
 # lacks around them: venv support, ps (testinfra), ss (testinfra sockets), CA certificates.
 APT_PACKAGES := postgresql-15 postgresql-client-15 redis-server redis-tools nginx prometheus \
-	prometheus-node-exporter wrk openssl curl ca-certificates python3-venv procps iproute2
+	prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter wrk openssl curl \
+	ca-certificates python3-venv procps iproute2
 
 .PHONY: help deps system-deps timescaledb venv model grpc-protoset test test-docker docker-engine stack-up stack-preview stack-down stack-status \
 	up down status bench bench-gateway bench-peers preview deploy lint clean pristine-check

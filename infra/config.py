@@ -28,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET_KEYS = {
     "dbPassword": "password of prediction_user, the database's owner (superuser of the container; ops playbooks)",
     "appDbPassword": "password of prediction_app, the least-privilege role the service logs in as",
+    "monitorDbPassword": "password of prediction_monitor, the pg_monitor role the PostgreSQL exporter logs in as",
     "apiKey": "PREDICTION_API_KEY clients send as X-API-Key",
     "jwtSecret": "PREDICTION_JWT_SECRET (HS256)",
     "grafanaAdminPassword": "Grafana admin password",
@@ -159,6 +160,17 @@ class MonitoringConfig:
     nodeExporterImage: str = "prom/node-exporter"
     # Further node-exporters to scrape (host:port), e.g. other machines.
     nodeExporterTargets: list[str] = field(default_factory=list)
+    # The data layer's exporters, on the data network (never published): PostgreSQL's logs in as the
+    # pg_monitor role prediction_monitor; both pinned like the other upstream images.
+    postgresExporterTag: str = "v0.11.1"
+    postgresExporterImage: str = "prometheuscommunity/postgres-exporter"
+    redisExporterTag: str = "v1.45.0"
+    redisExporterImage: str = "oliver006/redis_exporter"
+    exporterMemoryMb: int = 64  # each exporter's memory limit (both use a few MB)
+    # The filesystem holding the database's volume as node-exporter reports it (the host's / unless
+    # Docker's data root, /var/lib/docker, is a mount of its own): labelled volume="database" for the
+    # DatabaseDiskAlmostFull alert and the data-layer dashboard's disk panel.
+    databaseMountpoint: str = "/"
     datasourceUid: str = "prometheus"
 
 
@@ -168,6 +180,7 @@ class Secrets:
 
     dbPassword: Optional[pulumi.Output[str]] = None
     appDbPassword: Optional[pulumi.Output[str]] = None
+    monitorDbPassword: Optional[pulumi.Output[str]] = None
     apiKey: Optional[pulumi.Output[str]] = None
     jwtSecret: Optional[pulumi.Output[str]] = None
     grafanaAdminPassword: Optional[pulumi.Output[str]] = None
@@ -326,7 +339,9 @@ def _validate(cfg: PlatformConfig) -> None:
         for name, tag in (("database.tag", cfg.database.tag), ("cache.tag", cfg.cache.tag),
                           ("gateway.tag", cfg.gateway.tag), ("monitoring.prometheusTag", cfg.monitoring.prometheusTag),
                           ("monitoring.grafanaTag", cfg.monitoring.grafanaTag),
-                          ("monitoring.nodeExporterTag", cfg.monitoring.nodeExporterTag)) + (
+                          ("monitoring.nodeExporterTag", cfg.monitoring.nodeExporterTag),
+                          ("monitoring.postgresExporterTag", cfg.monitoring.postgresExporterTag),
+                          ("monitoring.redisExporterTag", cfg.monitoring.redisExporterTag)) + (
                              (("service.image", _tag_of(cfg.service.image)),) if cfg.service.image else ()):
             _check(not _UNPINNED_TAG.match(tag) and re.search(r"\d", tag) is not None,
                    f"{p}:{name} is {tag!r} but requirePinnedImages is true: pin a versioned tag such as 2.17.2-pg15")

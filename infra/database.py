@@ -13,6 +13,8 @@ from runtime import Health, Mount, Port, Workload
 
 # The least-privilege role the service logs in as (created by migration 0005_application_role).
 APP_ROLE = "prediction_app"
+# The PostgreSQL exporter's login (migration 0006_monitoring_role: pg_monitor and CONNECT only).
+MONITOR_ROLE = "prediction_monitor"
 POSTGRES_PORT = 5432  # the image's; other containers reach it on the data network, hosts via hostPort
 POSTGRES_UID = 70  # the image's postgres user, who reads its password file
 # PostgreSQL's smart/fast shutdown writes a checkpoint; SIGKILL would mean crash recovery at the next start.
@@ -23,8 +25,9 @@ class Database(pulumi.ComponentResource):
     """TimescaleDB on the data network.
 
     Outputs: ``host`` (its DNS name on the data network, a plain value: see service.py), ``port``, ``user``, ``db_name``,
-    ``password`` (the owner's, secret; ``dbPassword`` config or generated) and ``app_password``
-    (``prediction_app``'s, secret; ``appDbPassword`` config or generated).
+    ``password`` (the owner's, secret; ``dbPassword`` config or generated), ``app_password``
+    (``prediction_app``'s, secret; ``appDbPassword`` config or generated) and ``monitor_password``
+    (``prediction_monitor``'s, secret; ``monitorDbPassword`` config or generated).
     """
 
     def __init__(self, name: str, cfg: PlatformConfig, runtime, networks: Networks,
@@ -38,6 +41,8 @@ class Database(pulumi.ComponentResource):
         # (which drops the generated one) stays a plain `pulumi up` (docs/pulumi.md, Secrets).
         self.password = secret_or_generated(cfg.secrets.dbPassword, f"{name}-password", 32, child_opts)
         self.app_password = secret_or_generated(cfg.secrets.appDbPassword, f"{name}-app-password", 32, child_opts)
+        self.monitor_password = secret_or_generated(cfg.secrets.monitorDbPassword, f"{name}-monitor-password", 32,
+                                                    child_opts)
 
         image = docker.RemoteImage(f"{name}-image", name=f"{db.image}:{db.tag}", keep_locally=True,
                                    opts=child_opts)
@@ -78,7 +83,7 @@ class Database(pulumi.ComponentResource):
         self.db_name = db.name
         self.register_outputs({"host": self.host, "port": POSTGRES_PORT, "volume": volume_name,
                                "password": self.password,
-                               "app_password": self.app_password})
+                               "app_password": self.app_password, "monitor_password": self.monitor_password})
 
     def url(self, app: bool = False) -> pulumi.Output[str]:
         """``postgresql://`` URL of the owner (migrations, ops) or, with ``app``, of ``prediction_app``

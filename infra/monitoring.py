@@ -1,5 +1,5 @@
-"""Prometheus scraping every replica and the Docker host's node-exporter, and Grafana provisioned
-from the ops role's templates."""
+"""Prometheus scraping every replica, the Docker host's node-exporter and the data layer's PostgreSQL
+and Redis exporters, and Grafana provisioned from the ops role's templates."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,9 @@ import pulumi
 import pulumi_docker as docker
 
 import templates
+from cache import Cache
 from config import REPO_ROOT, PlatformConfig
+from database import MONITOR_ROLE, Database
 from network import Networks
 from passwords import secret_or_generated
 from runtime import File, Health, Mount, Port, Workload
@@ -20,6 +22,13 @@ PROMETHEUS_PORT = 9090
 GRAFANA_PORT = 3000
 GRAFANA_UID = 472  # the grafana/grafana image's user
 NODE_EXPORTER_PORT = 9100
+POSTGRES_EXPORTER_PORT = 9187  # the upstream images' defaults
+REDIS_EXPORTER_PORT = 9121
+POSTGRES_EXPORTER_UID = 65534  # prometheuscommunity/postgres-exporter runs as nobody: it reads the password file
+POSTGRES_EXPORTER_QUERIES = "/etc/postgres_exporter/queries.yml"
+# node-exporter's textfile collector folder, a volume the ops toolbox writes too: the backup playbook
+# leaves the newest dump's time and size there (inventories/<stack>: db_backup_textfile_dir).
+TEXTFILE_DIR = "/var/lib/node-exporter/textfile"
 RULES_IN_CONTAINER = "/etc/prometheus/rules"
 GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
 DASHBOARDS_IN_CONTAINER = "/etc/grafana/dashboards"
@@ -34,9 +43,12 @@ def dashboard_files(folder: Path = DASHBOARDS_DIR) -> list[Path]:
 
 
 def prometheus_variables(cfg: PlatformConfig, service_dns: str, port: int, rule_files: list[str],
-                         node_exporter_dns: str | None = None) -> dict:
+                         node_exporter_dns: str | None = None, postgres_exporter: str | None = None,
+                         redis_exporter: str | None = None) -> dict:
     """Template variables of roles/prometheus_server/templates/prometheus.yml.j2 for the container:
-    the replicas and node-exporters found through Docker's DNS (every address of each name)."""
+    the replicas and node-exporters found through Docker's DNS (every address of each name), and the
+    data layer's exporters by name (one each: the name is the target, so the ``instance`` label
+    outlives a replaced container)."""
     m = cfg.monitoring
     return {
         "prometheus_scrape_interval": m.scrapeInterval,
@@ -47,26 +59,39 @@ def prometheus_variables(cfg: PlatformConfig, service_dns: str, port: int, rule_
         "prometheus_node_exporter_targets": list(m.nodeExporterTargets),
         "prometheus_node_exporter_dns_sd": {"names": [node_exporter_dns], "port": NODE_EXPORTER_PORT}
         if node_exporter_dns else None,
+        "prometheus_postgres_exporter_targets": [f"{postgres_exporter}:{POSTGRES_EXPORTER_PORT}"]
+        if postgres_exporter else [],
+        "prometheus_redis_exporter_targets": [f"{redis_exporter}:{REDIS_EXPORTER_PORT}"] if redis_exporter else [],
         "prometheus_self_target": f"localhost:{PROMETHEUS_PORT}",
+        "prometheus_database_mountpoint": m.databaseMountpoint,
     }
 
 
 class Monitoring(pulumi.ComponentResource):
-    """Prometheus, the Docker host's node-exporter and Grafana on the app network; Prometheus and
-    Grafana published on ``monitoring.bindAddress``.
+    """Prometheus, the Docker host's node-exporter and Grafana on the app network; the PostgreSQL and
+    Redis exporters on the data network (where the ops toolbox reaches the data layer from) and the
+    app network (where Prometheus scrapes them), published nowhere; Prometheus and Grafana published
+    on ``monitoring.bindAddress``.
 
     Outputs: ``prometheus_url``, ``grafana_url``, ``prometheus_yml`` (rendered), ``grafana_admin_password``
     (secret; from ``grafanaAdminPassword`` config or generated).
     """
 
     def __init__(self, name: str, cfg: PlatformConfig, runtime, networks: Networks, service: PredictionService,
-                 opts: pulumi.ResourceOptions | None = None):
+                 database: Database, cache: Cache, opts: pulumi.ResourceOptions | None = None):
         super().__init__("prediction:monitoring:Monitoring", name, None, opts)
         self.name = name
         self.cfg = cfg
         self.runtime = runtime
         self.child_opts = pulumi.ResourceOptions(parent=self)
+        # On the engine the provider talks to (the manager, on a Swarm: where the ops toolbox runs and
+        # where that node's node-exporter task mounts the volume of the same name).
+        self.textfile_volume_name = cfg.physical("node-textfile")
+        self.textfile_volume = docker.Volume(f"{name}-node-textfile", name=self.textfile_volume_name,
+                                             opts=self.child_opts)
         self.node_exporter = self._node_exporter(networks)
+        self.postgres_exporter = self._postgres_exporter(networks, database, service)
+        self.redis_exporter = self._redis_exporter(networks, cache)
         self.prometheus = self._prometheus(networks, service)
         self.grafana_admin_password = secret_or_generated(
             cfg.secrets.grafanaAdminPassword, f"{name}-grafana-admin-password", 24, self.child_opts)
@@ -94,14 +119,63 @@ class Monitoring(pulumi.ComponentResource):
             host=cfg.physical("node-exporter"),
             component="node-exporter",
             image=image.image_id,
-            command=["--path.rootfs=/host", f"--web.listen-address=:{NODE_EXPORTER_PORT}"],
+            command=["--path.rootfs=/host", f"--web.listen-address=:{NODE_EXPORTER_PORT}",
+                     f"--collector.textfile.directory={TEXTFILE_DIR}"],
             pid_host=True,
             # No rslave propagation (node-exporter's docs suggest it to see mounts made later): it needs
             # the host's / to be a shared mount, which systemd hosts have and containers often do not.
-            mounts=[Mount(target="/host", bind_root=True)],
+            mounts=[Mount(target="/host", bind_root=True),
+                    Mount(target=TEXTFILE_DIR, volume=self.textfile_volume, volume_name=self.textfile_volume_name,
+                          read_only=True)],
             networks=[(networks.app, [])],
             health=Health(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{NODE_EXPORTER_PORT}/metrics"],
                           interval="10s", timeout="3s", retries=5, start_period="5s"),
+            stop_grace_seconds=5,
+            wait=False,
+        ), pulumi.ResourceOptions(parent=self, delete_before_replace=True))
+
+    def _postgres_exporter(self, networks: Networks, database: Database, service: PredictionService):
+        """Logs in as prediction_monitor (pg_monitor only; the migrate job gives it LOGIN and its
+        password, so it starts after the job) with the queries file the postgres_exporter role installs
+        for make up: one copy of the TimescaleDB job and hypertable metrics."""
+        m, cfg = self.cfg.monitoring, self.cfg
+        image = self._image("postgres-exporter", f"{m.postgresExporterImage}:{m.postgresExporterTag}")
+        # A plain host name, not the database's outputs: see service.py (a property dependency on a
+        # container replaced delete-before-replace would replace this one with it).
+        return self.runtime.run(Workload(
+            name=f"{self.name}-postgres-exporter",
+            host=cfg.physical("postgres-exporter"),
+            component="postgres-exporter",
+            image=image.image_id,
+            command=[f"--web.listen-address=:{POSTGRES_EXPORTER_PORT}"],
+            env=[f"DATA_SOURCE_URI={database.host}:{database.port}/{database.db_name}?sslmode=disable",
+                 f"DATA_SOURCE_USER={MONITOR_ROLE}", f"PG_EXPORTER_EXTEND_QUERY_PATH={POSTGRES_EXPORTER_QUERIES}"],
+            # DATA_SOURCE_PASS, or DATA_SOURCE_PASS_FILE on a Swarm (the exporter reads either).
+            secret_env={"DATA_SOURCE_PASS": database.monitor_password},
+            secret_uid=POSTGRES_EXPORTER_UID,
+            files=[File(POSTGRES_EXPORTER_QUERIES, templates.POSTGRES_EXPORTER_QUERIES.read_text())],
+            networks=[(networks.data, []), (networks.app, [])],
+            # The landing page: /metrics would query the database at every check.
+            health=Health(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{POSTGRES_EXPORTER_PORT}/"],
+                          interval="10s", timeout="3s", retries=5, start_period="5s"),
+            memory_mb=m.exporterMemoryMb,
+            stop_grace_seconds=5,
+            wait=False,
+        ), pulumi.ResourceOptions(parent=self, delete_before_replace=True, depends_on=[service.migrate]))
+
+    def _redis_exporter(self, networks: Networks, cache: Cache):
+        """Redis's memory, evictions and hit ratio. The upstream image is FROM scratch: no shell, so no
+        healthcheck command (Prometheus's up{job="redis"} watches it)."""
+        m, cfg = self.cfg.monitoring, self.cfg
+        image = self._image("redis-exporter", f"{m.redisExporterImage}:{m.redisExporterTag}")
+        return self.runtime.run(Workload(
+            name=f"{self.name}-redis-exporter",
+            host=cfg.physical("redis-exporter"),
+            component="redis-exporter",
+            image=image.image_id,
+            command=[f"-redis.addr={cache.url().rsplit('/', 1)[0]}", f"-web.listen-address=:{REDIS_EXPORTER_PORT}"],
+            networks=[(networks.data, []), (networks.app, [])],
+            memory_mb=m.exporterMemoryMb,
             stop_grace_seconds=5,
             wait=False,
         ), pulumi.ResourceOptions(parent=self, delete_before_replace=True))
@@ -117,7 +191,8 @@ class Monitoring(pulumi.ComponentResource):
         self.prometheus_yml = pulumi.Output.from_input(templates.render(
             templates.PROMETHEUS_YML, **prometheus_variables(
                 cfg, self.runtime.discovery_name(service.service_alias), service.port, rule_paths,
-                node_exporter_dns=self.runtime.discovery_name(cfg.physical("node-exporter")))))
+                node_exporter_dns=self.runtime.discovery_name(cfg.physical("node-exporter")),
+                postgres_exporter=cfg.physical("postgres-exporter"), redis_exporter=cfg.physical("redis-exporter"))))
         image = self._image("prometheus", f"{m.prometheusImage}:{m.prometheusTag}")
         volume_name = cfg.physical("prometheus-data")
         volume = self.runtime.volume(f"{self.name}-prometheus-data", volume_name, self.child_opts)

@@ -5,6 +5,7 @@ import pulumi
 import pulumi_docker as docker
 
 from config import PlatformConfig
+from monitoring import TEXTFILE_DIR, Monitoring
 from network import Networks
 from runtime import Mount, Workload
 from service import PredictionService, build_args
@@ -16,7 +17,8 @@ MODELS_PATH = "/models"
 class Operations(pulumi.ComponentResource):
     """A long-running container (on a Swarm: on the manager) of service/Dockerfile's ``ops`` stage — the service's Python (psycopg2,
     redis) plus the PostgreSQL 15 client tools and redis-cli — on the data network only, with the
-    backups volume and (staging, prod) the models volume mounted read-write. Ansible reaches it
+    backups volume, node-exporter's textfile volume (the backup's metrics) and (staging, prod) the models
+    volume mounted read-write. Ansible reaches it
     through the Docker API (inventories/<stack>), so the database and Redis stay unpublished; dumps
     land in the ``<prefix>-backups`` volume on the Docker host.
 
@@ -24,7 +26,7 @@ class Operations(pulumi.ComponentResource):
     """
 
     def __init__(self, name: str, cfg: PlatformConfig, runtime, networks: Networks, service: PredictionService,
-                 opts: pulumi.ResourceOptions | None = None):
+                 monitoring: Monitoring, opts: pulumi.ResourceOptions | None = None):
         super().__init__("prediction:ops:Operations", name, None, opts)
         child_opts = pulumi.ResourceOptions(parent=self)
         image = docker.Image(f"{name}-image", image_name=f"{cfg.service.imageName}-ops:{cfg.stack}",
@@ -33,7 +35,9 @@ class Operations(pulumi.ComponentResource):
         # the engine the provider talks to (the manager, on a Swarm), where this container runs.
         self.backups = docker.Volume(f"{name}-backups", name=cfg.physical("backups"),
                                      opts=pulumi.ResourceOptions(parent=self, protect=cfg.database.protectVolume))
-        mounts = [Mount(target=BACKUPS_PATH, volume=self.backups, volume_name=cfg.physical("backups"))]
+        mounts = [Mount(target=BACKUPS_PATH, volume=self.backups, volume_name=cfg.physical("backups")),
+                  Mount(target=TEXTFILE_DIR, volume=monitoring.textfile_volume,
+                        volume_name=monitoring.textfile_volume_name)]
         if service.models_volume is not None:
             mounts.append(Mount(target=MODELS_PATH, volume=service.models_volume, volume_name=cfg.physical("models")))
         self.container = runtime.toolbox(Workload(

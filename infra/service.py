@@ -8,7 +8,7 @@ import pulumi_docker as docker
 
 from cache import Cache
 from config import REPO_ROOT, PlatformConfig
-from database import APP_ROLE, Database
+from database import APP_ROLE, MONITOR_ROLE, Database
 from network import Networks
 from passwords import secret_or_generated
 from runtime import Health, Mount, Workload
@@ -123,8 +123,8 @@ class PredictionService(pulumi.ComponentResource):
 
     def _migrate_job(self, name: str, cfg: PlatformConfig, runtime, networks: Networks, database: Database,
                      opts: pulumi.ResourceOptions):
-        """The image's migrations, applied as the owner, then prediction_app given LOGIN and its
-        password; the container then stays up, healthy, and `pulumi up` waits for that (``wait``).
+        """The image's migrations, applied as the owner, then prediction_app and prediction_monitor (the
+        PostgreSQL exporter's) given LOGIN and their passwords; the container then stays up, healthy, and `pulumi up` waits for that (``wait``).
 
         Why not a one-shot job: pulumi-docker records a finished container's exit code and never runs
         it again while its inputs stay the same, so a failed migration would stay failed. A job that
@@ -138,9 +138,11 @@ class PredictionService(pulumi.ComponentResource):
             host=cfg.physical("migrate"),
             component="migrate",
             image=self.image_ref,
-            command=["python", "-m", "prediction_service", "migrate", "--app-role", APP_ROLE, "--stay-up"],
+            command=["python", "-m", "prediction_service", "migrate", "--app-role", APP_ROLE,
+                     "--monitor-role", MONITOR_ROLE, "--stay-up"],
             secret_env={"PREDICTION_TIMESCALE_URL": database.url(),
-                        "PREDICTION_APP_DB_PASSWORD": database.app_password},
+                        "PREDICTION_APP_DB_PASSWORD": database.app_password,
+                        "PREDICTION_MONITOR_DB_PASSWORD": database.monitor_password},
             secret_uid=SERVICE_UID,
             networks=[(networks.data, [])],
             health=Health(["CMD", "test", "-f", MIGRATED_MARKER], interval="1s", timeout="2s", retries=1,

@@ -17,6 +17,9 @@ NGINX_CONF = REPO_ROOT / "roles/nginx_gateway/templates/nginx.conf.j2"
 PROMETHEUS_YML = REPO_ROOT / "roles/prometheus_server/templates/prometheus.yml.j2"
 GRAFANA_DATASOURCE = REPO_ROOT / "roles/grafana_provisioning/templates/datasource.yml.j2"
 GRAFANA_DASHBOARDS = REPO_ROOT / "roles/grafana_provisioning/templates/dashboards.yml.j2"
+# Not a template, but shared the same way: the PostgreSQL exporter's custom queries (TimescaleDB jobs,
+# hypertable sizes), which the postgres_exporter role installs for make up.
+POSTGRES_EXPORTER_QUERIES = REPO_ROOT / "roles/postgres_exporter/files/queries.yml"
 
 
 class TemplateError(Exception):

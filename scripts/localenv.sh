@@ -92,6 +92,7 @@ print_urls() {
   echo "  gRPC        ${LOCALENV_URL#https://} (TLS, through the gateway); instances $LOCALENV_SERVICE_GRPC_ADDRESSES"
   echo "  prometheus  $LOCALENV_PROMETHEUS_URL"
   echo "  node        $LOCALENV_NODE_EXPORTER_URL/metrics"
+  echo "  exporters   $LOCALENV_POSTGRES_EXPORTER_URL/metrics (PostgreSQL)  $LOCALENV_REDIS_EXPORTER_URL/metrics (Redis)"
   echo "  postgres    ${LOCALENV_DB_URL%%:*}://…@${LOCALENV_DB_URL##*@}  (password in $VAR_DIR/secrets.env unless PREDICTION_DB_PASSWORD is set)"
   # As the service reports it: timescaledb (hypertables) or partitions (PostgreSQL without TimescaleDB).
   local storage

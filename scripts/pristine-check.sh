@@ -62,7 +62,8 @@ set -uo pipefail
 git -c advice.detachedHead=false clone -q /tmp/repo.bundle /root/prediction-platform && cd /root/prediction-platform || exit 1
 start=$SECONDS; make test; test_rc=$?; test_s=$((SECONDS - start))
 echo "==> the distribution services on their default ports, as systemd starts them on install"
-for s in postgresql redis-server nginx prometheus prometheus-node-exporter; do
+for s in postgresql redis-server nginx prometheus prometheus-node-exporter prometheus-postgres-exporter \
+         prometheus-redis-exporter; do
   [ -x /etc/init.d/$s ] && /etc/init.d/$s start >/dev/null 2>&1 || echo "   (could not start $s)"
 done
 start=$SECONDS; make up; up_rc=$?; up_s=$((SECONDS - start))

@@ -43,7 +43,8 @@ class Recipe:
     tags: tuple[str, ...]
     # scripts/sources.lock names whose verified archives go into the context as <name>.tar.gz
     sources: tuple[str, ...] = ()
-    # extra files from the repository: name in the context -> path under ROOT
+    # extra files from the repository: name in the context -> path under ROOT (a folder brings every
+    # file under it, at the same relative paths)
     files: dict[str, str] = field(default_factory=dict)
 
 
@@ -52,11 +53,14 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "python": Recipe("python", ("3.11-slim",)),
     "timescale/timescaledb": Recipe("timescaledb", ("2.17.2-pg15",), sources=("timescaledb",),
-                                    files={"build-timescaledb.sh": "scripts/build-timescaledb.sh"}),
+                                    files={"build-timescaledb.sh": "scripts/build-timescaledb.sh",
+                                           "patches": "scripts/patches"}),
     "redis": Recipe("redis", ("7.4.1",)),
     "nginx": Recipe("nginx", ("1.27.3",), sources=("nginx",)),
     "prom/prometheus": Recipe("prometheus", ("v2.55.1",)),
     "prom/node-exporter": Recipe("node-exporter", ("v1.8.2",)),
+    "prometheuscommunity/postgres-exporter": Recipe("postgres-exporter", ("v0.11.1",)),
+    "oliver006/redis_exporter": Recipe("redis-exporter", ("v1.45.0",)),
 }
 NOT_BUILDABLE = {"grafana/grafana": "Grafana has no Debian package and no source archive here"}
 
@@ -161,8 +165,7 @@ class Images:
         folder = IMAGES_DIR / recipe.folder
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             h.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
-        for name, rel in sorted(recipe.files.items()):
-            path = ROOT / rel
+        for name, path in _extra_files(recipe):
             h.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"missing"))
         lock = (ROOT / "scripts/sources.lock").read_text().splitlines()
         for name in recipe.sources:
@@ -175,10 +178,9 @@ class Images:
                                     for p in sorted((IMAGES_DIR / recipe.folder).rglob("*")) if p.is_file()}
         for name in recipe.sources:
             entries[f"{name}.tar.gz"] = source_archive(name)
-        for name, rel in recipe.files.items():
-            path = ROOT / rel
+        for name, path in _extra_files(recipe):
             if not path.is_file():
-                raise ImageError(f"{rel} is missing: the {recipe.folder} image needs it")
+                raise ImageError(f"{path.relative_to(ROOT)} is missing: the {recipe.folder} image needs it")
             entries[name] = path
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -226,6 +228,18 @@ class Images:
         return self._build(tag, {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheelhouse"}, {LOCAL_BUILD: "", RECIPE: ""},
                            path=context_dir, dockerfile=os.path.relpath(dockerfile, context_dir), platform=platform,
                            target=target)
+
+
+def _extra_files(recipe: Recipe) -> list[tuple[str, Path]]:
+    """``recipe.files`` as (name in the context, path) pairs, a folder expanded to the files under it."""
+    out = []
+    for name, rel in sorted(recipe.files.items()):
+        path = ROOT / rel
+        if path.is_dir():
+            out += [(f"{name}/{p.relative_to(path).as_posix()}", p) for p in sorted(path.rglob("*")) if p.is_file()]
+        else:
+            out.append((name, path))
+    return out
 
 
 def _from_image(dockerfile: Path) -> str:

@@ -4,7 +4,7 @@
   isolation take ``fresh_db`` (a new empty database) or flush Redis themselves.
 - ``postgres_factory`` / ``redis_factory``: private servers for tests that stop and restart them
   (outage tests), cleaned up at the end of the test; ``postgres_factory(timescaledb=True)``
-  preloads TimescaleDB.
+  preloads TimescaleDB (``scheduler=True``: and runs its job scheduler).
 - Storage modes: ``postgres_in_mode`` is the session server of each mode in turn (parametrised by
   ``storage_mode``: "timescaledb", a server preloading TimescaleDB, so the migrations build
   hypertables; "partitions", the plain server, so they build the native-partitioning fallback).
@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 from pathlib import Path
 
@@ -24,8 +23,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness.postgres import (STORAGE_MODES, PostgresServer, start_postgres,  # noqa: E402
-                              timescaledb_missing)
+from harness.postgres import (STORAGE_MODES, PostgresServer, require_timescaledb,  # noqa: E402
+                              start_postgres)
 from harness.redis import RedisServer, start_redis  # noqa: E402
 
 _db_counter = itertools.count()
@@ -34,16 +33,6 @@ _db_counter = itertools.count()
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
-
-
-def require_timescaledb() -> None:
-    """Skip the calling test (fail it under CI=true) when TimescaleDB cannot be had here."""
-    reason = timescaledb_missing()
-    if reason is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must test TimescaleDB: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -98,10 +87,10 @@ def fresh_db(postgres: PostgresServer, request) -> str:
 def postgres_factory():
     servers: list[PostgresServer] = []
 
-    def make(timescaledb: bool = False) -> PostgresServer:
+    def make(timescaledb: bool = False, **options) -> PostgresServer:
         if timescaledb:
             require_timescaledb()
-        server = start_postgres(timescaledb=timescaledb)
+        server = start_postgres(timescaledb=timescaledb, **options)
         servers.append(server)
         return server
 

@@ -89,6 +89,7 @@ def app_has_models(app) -> bool:
 
 
 APP_PASSWORD_ENV = "PREDICTION_APP_DB_PASSWORD"
+MONITOR_PASSWORD_ENV = "PREDICTION_MONITOR_DB_PASSWORD"
 # Written by `migrate --stay-up` once the database is migrated: what the migrate job's healthcheck
 # tests, so a deployment can wait for "migrated" the way it waits for "healthy".
 MIGRATED_MARKER = "/tmp/migrated"
@@ -96,13 +97,17 @@ MIGRATED_MARKER = "/tmp/migrated"
 
 def migrate(argv: list[str]) -> int:
     """Apply pending migrations; with ``--app-role NAME`` also give that role LOGIN and the password
-    in $PREDICTION_APP_DB_PASSWORD (the service's least-privilege login; migration 0005)."""
+    in $PREDICTION_APP_DB_PASSWORD (the service's least-privilege login; migration 0005), with
+    ``--monitor-role NAME`` likewise from $PREDICTION_MONITOR_DB_PASSWORD (the PostgreSQL exporter's
+    pg_monitor login; migration 0006)."""
     import argparse
 
     from .config import ConfigError, load_database_url, redact_url, with_files
 
     parser = argparse.ArgumentParser(prog="python -m prediction_service migrate")
     parser.add_argument("--app-role", help=f"role to enable for the service, password from ${APP_PASSWORD_ENV}")
+    parser.add_argument("--monitor-role",
+                        help=f"role to enable for the PostgreSQL exporter, password from ${MONITOR_PASSWORD_ENV}")
     parser.add_argument("--stay-up", action="store_true",
                         help=f"after migrating, write {MIGRATED_MARKER} and wait until stopped (a deployment "
                              f"waits on the container's healthcheck; a failure exits non-zero)")
@@ -111,15 +116,18 @@ def migrate(argv: list[str]) -> int:
         os.remove(MIGRATED_MARKER)  # a restarted job is healthy again only once it has migrated again
     try:
         dsn = load_database_url()
-        password = with_files(os.environ).get(APP_PASSWORD_ENV, "")
+        env_with_files = with_files(os.environ)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.app_role and not password:
-        print(f"configuration error: --app-role {args.app_role} needs its password in {APP_PASSWORD_ENV} "
-              f"(or a file named by {APP_PASSWORD_ENV}_FILE)",
-              file=sys.stderr)
-        return 2
+    logins = [(role, env_with_files.get(env, ""), flag, env)
+              for role, flag, env in ((args.app_role, "--app-role", APP_PASSWORD_ENV),
+                                      (args.monitor_role, "--monitor-role", MONITOR_PASSWORD_ENV)) if role]
+    for role, password, flag, env in logins:
+        if not password:
+            print(f"configuration error: {flag} {role} needs its password in {env} (or a file named by {env}_FILE)",
+                  file=sys.stderr)
+            return 2
     from .storage import MigrationError, apply_migrations, enable_login
 
     target = redact_url(dsn)
@@ -127,9 +135,9 @@ def migrate(argv: list[str]) -> int:
         applied = apply_migrations(dsn)
         print(f"applied migrations {', '.join(map(str, applied))} to {target}" if applied
               else f"database {target} is up to date")
-        if args.app_role:
-            enable_login(dsn, args.app_role, password)
-            print(f"role {args.app_role} may log in")
+        for role, password, _, _ in logins:
+            enable_login(dsn, role, password)
+            print(f"role {role} may log in")
     except MigrationError as exc:
         print(f"migration error: {exc}", file=sys.stderr)
         return 1
@@ -157,7 +165,8 @@ def main(argv: list[str]) -> int:
         return serve()
     if argv[0] == "migrate":
         return migrate(argv[1:])
-    print("usage: python -m prediction_service [migrate [--app-role NAME] [--stay-up]]", file=sys.stderr)
+    print("usage: python -m prediction_service [migrate [--app-role NAME] [--monitor-role NAME] [--stay-up]]",
+          file=sys.stderr)
     return 2
 
 

@@ -34,6 +34,7 @@ def test_every_stand_in_is_labelled_as_a_local_build(images):
     ("redis:7.4.1", "redis", "uid=999(redis) gid=999(redis)"),
     ("nginx:1.27.3", "nginx", "uid=101(nginx) gid=101(nginx)"),
     ("prom/prometheus:v2.55.1", "nobody", "uid=65534(nobody)"),
+    ("prometheuscommunity/postgres-exporter:v0.11.1", "nobody", "uid=65534(nobody)"),
 ])
 def test_stand_ins_have_the_upstream_users(docker_engine, images, ref, user, expected):
     out = _run(docker_engine, ref, ["id", user], entrypoint=[])

@@ -1,7 +1,10 @@
-"""Monitoring of a stack as deployed: its Prometheus scrapes the replicas and the Docker host's
-node-exporter, every dashboard panel's PromQL returns series once there is traffic, and every alert
-rule measures something that exists (the brief's monitoring checklist has data)."""
+"""Monitoring of a stack as deployed: its Prometheus scrapes the replicas, the Docker host's
+node-exporter and the data layer's exporters, every dashboard panel's PromQL returns series once there
+is traffic and a backup, and every alert rule measures something that exists (the brief's monitoring
+checklist has data)."""
+import numpy as np
 import pytest
+import tritonclient.grpc as triton
 
 from harness.waiting import wait_until
 from docker_support import IRIS
@@ -13,13 +16,24 @@ ALERTS = alert_rules()
 
 @pytest.fixture(scope="module")
 def watched(prod):
-    """prod after mixed traffic (misses, hits), once Prometheus has scraped it."""
+    """prod after mixed traffic (misses, hits; REST and gRPC) and a backup (the backup panels and
+    DatabaseBackupTooOld describe the newest dump, through node-exporter's textfile volume), once
+    Prometheus has scraped it."""
+    prod.playbook("backup.yml").ok()
     s = prod.session()
     for i in range(40):
         s.post(f"{prod.url}/api/v1/models/iris/predict", json={**IRIS, "sepal_width": 3.0 + i / 100}, timeout=10)
         s.post(f"{prod.url}/api/v1/models/iris/predict", json=IRIS, timeout=10)
+    # gRPC through the gateway too: the dashboard's row by API has a gRPC panel.
+    grpc = triton.InferenceServerClient(prod.url.removeprefix("https://"), ssl=True, root_certificates=prod.cacert)
+    x = triton.InferInput("input", [1, 4], "FP32")
+    x.set_data_from_numpy(np.array([[6.0, 3.0, 4.5, 1.5]], np.float32))
+    for _ in range(10):
+        grpc.infer("iris", [x], headers={"x-api-key": prod.api_key})
+    grpc.close()
     wait_until(lambda: prod.promql("sum(rate(prediction_service_request_duration_seconds_count[1m])) > 0"), 60,
                "the request rate in Prometheus")
+    wait_until(lambda: prod.promql("prediction_db_backup_dumps"), 60, "the backup's metrics in Prometheus")
     return prod
 
 

@@ -127,3 +127,73 @@ def test_grpc_through_the_gateway_answers_as_rest_does(stack):
         assert client.is_server_ready() and client.is_model_ready("iris")
     finally:
         client.close()
+
+
+# --- the data layer watched and looking after itself (issue 20) -----------------------------------------
+
+def test_the_data_layers_exporters_are_scraped_and_unpublished(dev):
+    """The stack's Prometheus scrapes both exporters (up, and each reaching what it watches: the
+    PostgreSQL one as prediction_monitor with the project's queries), and neither publishes a port."""
+    for job in ("postgres", "redis"):
+        wait_until(lambda: dev.promql(f'up{{job="{job}"}} == 1'), 90, f"the {job} exporter scraped and up")
+    wait_until(lambda: dev.promql("pg_up == 1") and dev.promql("redis_up == 1"), 60, "pg_up and redis_up at 1")
+    # Custom queries (roles/postgres_exporter/files/queries.yml): the migrations' policies are jobs.
+    wait_until(lambda: dev.promql("pg_timescaledb_job_scheduled"), 60, "TimescaleDB's jobs from the queries file")
+    assert dev.promql('pg_timescaledb_hypertable_chunks{hypertable="predictions"}'), "no hypertable metrics"
+    exporters = {dev.run.container(x) for x in ("monitoring-postgres-exporter", "monitoring-redis-exporter")}
+    assert not {name for name, _ in dev.run.published()} & exporters, "an exporter publishes a port"
+    # pg_up is 1 with this login only if the migrate job gave prediction_monitor LOGIN and the password.
+    env = dict(e.split("=", 1) for e in dev.container("monitoring-postgres-exporter").attrs["Config"]["Env"])
+    assert env["DATA_SOURCE_USER"] == "prediction_monitor"
+
+
+@pytest.fixture
+def stack_db(dev):
+    """``sql(statement, params=None)`` on the dev stack's database (published on loopback in dev), as the
+    owner; the policies' own schedules are put back afterwards."""
+    import psycopg2
+
+    from harness.scheduled_jobs import restore_schedules
+
+    port = dev.run.host_port("database-container", "5432/tcp")
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user="prediction_user", dbname="prediction_db",
+                            password=dev.env["PREDICTION_DB_PASSWORD"])
+    conn.autocommit = True
+
+    def sql(statement, params=None):
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else None
+
+    intervals = dict(sql("SELECT job_id, schedule_interval FROM timescaledb_information.jobs "
+                         "WHERE hypertable_name IS NOT NULL"))
+    yield sql
+    restore_schedules(sql, intervals)
+    conn.close()
+
+
+def test_timescaledb_scheduler_runs_retention_and_compression_on_the_stacks_database(dev, stack_db):
+    """The scenario of tests/harness/scheduled_jobs.py on the stack's TimescaleDB: nobody calls run_job,
+    the scheduler drops the chunks past 30 days, compresses those past 3 days and records successes."""
+    from datetime import timedelta
+
+    from harness.scheduled_jobs import (chunks, last_run_status, policy_jobs, run_policies_by_the_scheduler,
+                                        write_rows_of_days_ago)
+    sql, model = stack_db, "docker-scheduler"
+    now = sql("SELECT now()")[0][0]
+    write_rows_of_days_ago(sql, now, (45, 31.05, 5, 4), model)
+    jobs = policy_jobs(sql)
+    assert sorted(jobs.values()) == ["policy_compression"] * 2 + ["policy_retention"] * 2
+
+    run_policies_by_the_scheduler(sql)
+
+    assert last_run_status(sql, list(jobs)) == {job: "Success" for job in jobs}
+    assert sql("SELECT job_id, err_message FROM timescaledb_information.job_errors") == []
+    state = chunks(sql, "predictions")
+    assert all(end > now - timedelta(days=30) for end, _ in state), f"chunks past the 30-day retention remain: {state}"
+    old = [compressed for end, compressed in state if end <= now - timedelta(days=3)]
+    assert len(old) >= 2 and all(old), f"chunks past 3 days not compressed: {state}"
+    assert sql("SELECT count(*) FROM predictions WHERE model = %s", (model,)) == [(40,)]  # 5 and 4 days old
+    ids = "|".join(map(str, jobs))
+    wait_until(lambda: len(dev.promql(f'pg_timescaledb_job_last_run_success{{job_id=~"{ids}"}} == 1')) == len(jobs),
+               60, "Prometheus seeing every policy's last run succeed (through the stack's exporter)")

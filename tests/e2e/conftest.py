@@ -1,8 +1,8 @@
 """One local environment (`scripts/localenv.sh up`, i.e. `make up`) per test session, in a temporary
 state folder and on free ports, so a developer's own `make up` (var/, 8443, 9090…) is never touched.
 
-Everything is real: supervisord, PostgreSQL, Redis, two service instances, nginx with TLS, Prometheus
-and node-exporter, configured by playbooks/local.yml exactly as `make up` does.
+Everything is real: supervisord, PostgreSQL, Redis, two service instances, nginx with TLS, Prometheus,
+node-exporter and the PostgreSQL and Redis exporters, configured by playbooks/local.yml exactly as `make up` does.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def localenv() -> LocalEnv:
         pytest.fail("service/models is missing: run `make model` (make test does it first)")
     var_dir = Path(tempfile.mkdtemp(prefix="localenv-e2e-"))
     var_dir.chmod(0o755)  # PostgreSQL runs as its own OS user when the tests run as root
-    names = ["https", "http", "service_base", "postgres", "redis", "prometheus", "node_exporter"]
+    names = ["https", "http", "service_base", "postgres", "redis", "prometheus", "node_exporter", "postgres_exporter",
+             "redis_exporter"]
     ports = free_ports(len(names) + 1)
     # Service instances take base and base+1 (REST) and grpc_base and grpc_base+1: adjacent free ports.
     base, grpc_base = [p for p in random.sample(range(20000, 60000, 2), 500)

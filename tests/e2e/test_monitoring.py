@@ -1,9 +1,10 @@
 """Every PromQL expression of the dashboards and alert rules runs against the environment's Prometheus;
-dashboard panels show data after traffic; no alert fires while the platform is healthy."""
+dashboard panels show data after traffic and a backup; no alert fires while the platform is healthy."""
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
+from harness.postgres import timescaledb_missing
 from harness.promql_sources import alert_rules, concrete, dashboard_panels
 from harness.waiting import wait_until
 
@@ -26,7 +27,10 @@ def test_expression_evaluates(localenv, source, name, expr):
 
 @pytest.fixture(scope="module")
 def after_traffic(localenv):
-    """Some mixed traffic (misses, hits, a batch; REST and gRPC), then wait until Prometheus has seen it twice."""
+    """Some mixed traffic (misses, hits, a batch; REST and gRPC) and a backup (the backup panels describe
+    the newest dump), then wait until Prometheus has seen them."""
+    backup = localenv.playbook("backup.yml")
+    assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-2000:]
     s = localenv.session()
     body = {"sepal_length": 6.0, "sepal_width": 3.0, "petal_length": 4.5, "petal_width": 1.5}
     for i in range(30):
@@ -41,11 +45,16 @@ def after_traffic(localenv):
     grpc.close()
     wait_until(lambda: localenv.promql("sum(rate(prediction_service_request_duration_seconds_count[1m])) > 0"),
                40, "request rate visible in Prometheus")
+    wait_until(lambda: localenv.promql("prediction_db_backup_dumps"), 40, "the backup's metrics in Prometheus")
     return True
 
 
 @pytest.mark.parametrize("source, title, exprs", PANELS, ids=[t for _, t, _ in PANELS])
 def test_dashboard_panel_has_data(localenv, after_traffic, source, title, exprs):
+    if all("pg_timescaledb_" in e for e in exprs) and timescaledb_missing():
+        # make up fell back to native partitions (tests/e2e/test_ops.py checks which, and fails under CI).
+        pytest.skip(f"panel {title!r} shows TimescaleDB's jobs or hypertables: {timescaledb_missing()}")
+
     def any_data():
         return any(localenv.promql(concrete(e)) for e in exprs)
     wait_until(any_data, 30, f"data for panel {title!r} of {source}")

@@ -95,7 +95,7 @@ def test_down_stops_everything_and_up_keeps_the_data(localenv):
     assert r.status_code == 200, r.text
     status = subprocess.run([str(ROOT / "scripts" / "localenv.sh"), "status"], capture_output=True, text=True,
                             env=localenv.env, timeout=60)
-    assert status.returncode == 0 and status.stdout.count("RUNNING") == 7, status.stdout
+    assert status.returncode == 0 and status.stdout.count("RUNNING") == 9, status.stdout
 
 
 def test_second_up_changes_nothing_and_then_is_fast(localenv):

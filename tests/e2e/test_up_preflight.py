@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def test_taken_port_stops_make_up_early_with_one_line():
     var_dir = Path(tempfile.mkdtemp(prefix="localenv-taken-"))
-    names = ["https", "http", "postgres", "redis", "prometheus", "node_exporter", "service_base"]
+    names = ["https", "http", "postgres", "redis", "prometheus", "node_exporter", "postgres_exporter", "redis_exporter",
+             "service_base"]
     settings = {f"localenv_{n}_port": p for n, p in zip(names, free_ports(len(names) + 1))}
     settings["localenv_service_instances"] = 1
     (var_dir / "vars.json").write_text(json.dumps(settings))

@@ -7,9 +7,11 @@ Two storage modes: ``PostgresServer(timescaledb=True)`` preloads TimescaleDB
 (``shared_preload_libraries``), so the migrations build hypertables; the default server does not,
 so they take the native-partitioning fallback (whether or not the extension is installed).
 :func:`timescaledb_missing` says why a TimescaleDB server cannot be had here (``make timescaledb``).
+TimescaleDB's job scheduler is off unless ``scheduler=True``: most tests run each policy themselves.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import shutil
@@ -28,10 +30,11 @@ SUPERUSER = "postgres"
 APP_USER = "prediction_user"
 APP_DB = "prediction_db"
 STORAGE_MODES = ("timescaledb", "partitions")
-# The version pinned in scripts/sources.lock (the one the prod stack's image runs).
-TIMESCALEDB_VERSION = next(line.split()[1] for line in
-                           (Path(__file__).resolve().parents[2] / "scripts" / "sources.lock").read_text().splitlines()
+ROOT = Path(__file__).resolve().parents[2]
+# The version pinned in scripts/sources.lock (the one the prod stack's image runs), and our patches to it.
+TIMESCALEDB_VERSION = next(line.split()[1] for line in (ROOT / "scripts" / "sources.lock").read_text().splitlines()
                            if line.startswith("timescaledb "))
+PATCHES = ROOT / "scripts" / "patches" / f"timescaledb-{TIMESCALEDB_VERSION}"
 
 
 def timescaledb_missing() -> str | None:
@@ -49,6 +52,32 @@ def timescaledb_missing() -> str | None:
     return None
 
 
+def timescaledb_unpatched() -> str | None:
+    """None when the installed TimescaleDB was built with scripts/patches/timescaledb-<version>/ (as
+    build-timescaledb.sh records it), else why not: an older build lacks the scheduler fix."""
+    sharedir = subprocess.run([str(PG_BIN / "pg_config"), "--sharedir"], capture_output=True, text=True).stdout.strip()
+    stamp = Path(sharedir) / "extension" / f"timescaledb-{TIMESCALEDB_VERSION}.patches"
+    # The lines `sha256sum` prints for each patch, as the build records them.
+    wanted = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
+                     for p in sorted(PATCHES.glob("*.patch")))
+    if wanted and (not stamp.is_file() or stamp.read_text().strip() != wanted.strip()):
+        return (f"TimescaleDB {TIMESCALEDB_VERSION} is installed without the patches of {PATCHES.relative_to(ROOT)} "
+                "(its scheduled jobs would be recorded as failed): run make timescaledb")
+    return None
+
+
+def require_timescaledb() -> None:
+    """Skip the calling test (fail it under CI=true) when TimescaleDB, with our patches, cannot be had here."""
+    import pytest
+
+    reason = timescaledb_missing() or timescaledb_unpatched()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must test TimescaleDB: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def _run_as() -> list[str]:
     """Command prefix that drops root to the postgres user (empty when not root)."""
     if os.geteuid() != 0:
@@ -62,6 +91,8 @@ class PostgresServer:
 
     port: int = field(default_factory=free_port)
     timescaledb: bool = False  # preload TimescaleDB: the migrations then build hypertables
+    scheduler: bool = False  # with timescaledb: let TimescaleDB's background workers run the policy jobs
+    server_binary: Path = PG_BIN / "postgres"  # another build of the same PostgreSQL (a relocated copy)
     superuser_password: str = "test-superuser-pw"
     app_password: str = "test-app-pw"
     basedir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgtest-")))
@@ -112,13 +143,13 @@ class PostgresServer:
         settings = ["listen_addresses=127.0.0.1", f"unix_socket_directories={self.datadir}", "fsync=off",
                     "synchronous_commit=off", "full_page_writes=off", "logging_collector=off"]
         if self.timescaledb:
-            # No job scheduler: tests run each policy job themselves (CALL run_job), so a background
-            # run cannot race them. (TimescaleDB 2.17.2's scheduled jobs also report a spurious
-            # failure on PostgreSQL 15.20; see docs/performance.md, storage.) No telemetry.
-            settings += ["shared_preload_libraries=timescaledb", "timescaledb.telemetry_level=off",
-                         "timescaledb.max_background_workers=0"]
+            # No telemetry. Without the scheduler, tests run each policy job themselves (CALL run_job),
+            # so a background run cannot race them.
+            settings += ["shared_preload_libraries=timescaledb", "timescaledb.telemetry_level=off"]
+            if not self.scheduler:
+                settings.append("timescaledb.max_background_workers=0")
         self.proc = subprocess.Popen(
-            _run_as() + [str(PG_BIN / "postgres"), "-D", str(self.datadir), "-p", str(self.port)]
+            _run_as() + [str(self.server_binary), "-D", str(self.datadir), "-p", str(self.port)]
             + [arg for setting in settings for arg in ("-c", setting)],
             stdout=open(self.logfile, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready()
@@ -185,6 +216,7 @@ def query(dsn: str, sql: str, params=None):
         conn.close()
 
 
-def start_postgres(timescaledb: bool = False) -> PostgresServer:
-    """Init, start and bootstrap a new throwaway cluster (TimescaleDB preloaded when asked)."""
-    return PostgresServer(timescaledb=timescaledb).init().start().bootstrap_app()
+def start_postgres(timescaledb: bool = False, **options) -> PostgresServer:
+    """Init, start and bootstrap a new throwaway cluster (TimescaleDB preloaded when asked; ``options``
+    are PostgresServer's, e.g. ``scheduler=True``)."""
+    return PostgresServer(timescaledb=timescaledb, **options).init().start().bootstrap_app()

@@ -74,7 +74,8 @@ def localenv(expected) -> dict:
         "supervisorctl": f"{Path(sys.executable).parent}/supervisorctl -c {var}/supervisor/supervisord.conf",
         "service_ports": [base + i for i in range(n)],
         "service_grpc_ports": [grpc_base + i for i in range(n)] if grpc_base else [],
-        "programs": ["postgres", "redis", "nginx", "prometheus", "node-exporter"] + [f"service-{i + 1}" for i in range(n)],
+        "programs": ["postgres", "redis", "nginx", "prometheus", "node-exporter", "postgres-exporter", "redis-exporter"]
+        + [f"service-{i + 1}" for i in range(n)],
         "hostname": expected["localenv_hostname"],
         "https_port": int(expected["localenv_https_port"]),
         "http_port": int(expected["localenv_http_port"]),
@@ -82,6 +83,8 @@ def localenv(expected) -> dict:
         "redis_port": int(expected["localenv_redis_port"]),
         "prometheus_port": int(expected["localenv_prometheus_port"]),
         "node_exporter_port": int(expected["localenv_node_exporter_port"]),
+        "postgres_exporter_port": int(expected["localenv_postgres_exporter_port"]),
+        "redis_exporter_port": int(expected["localenv_redis_exporter_port"]),
         "nginx_dir": f"{var}/nginx",
         "tls_dir": f"{var}/tls",
     }

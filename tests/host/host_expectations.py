@@ -14,7 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # The parts a stack container plays (infra/: the com.prediction.component label of each container).
-CONTAINER_ROLES = ("gateway", "service", "migrate", "database", "cache", "prometheus", "node-exporter", "ops")
+CONTAINER_ROLES = ("gateway", "service", "migrate", "database", "cache", "prometheus", "node-exporter",
+                   "postgres-exporter", "redis-exporter", "ops")
 
 
 class ExpectedVars:
@@ -22,7 +23,7 @@ class ExpectedVars:
 
     # Roles whose defaults/internal vars the checks read (lowest precedence, as in a play).
     ROLES = ("timescaledb_tuning", "redis_tuning", "local_supervisor", "nginx_gateway", "prometheus_server",
-             "db_backup", "grafana_provisioning")
+             "db_backup", "grafana_provisioning", "postgres_exporter", "redis_exporter")
 
     def __init__(self, inventory: str, host_name: str | None, extra_files: list[str]):
         from ansible.inventory.manager import InventoryManager
@@ -56,6 +57,7 @@ class ExpectedVars:
         vm = VariableManager(loader=loader, inventory=inv)
         inventory_vars = vm.get_vars(host=host)
         self._raw = {**role_vars, **inventory_vars, **extra}
+        self._loader = loader
         self._templar = Templar(loader=loader, variables=self._raw)
 
     def __contains__(self, name: str) -> bool:
@@ -71,6 +73,15 @@ class ExpectedVars:
 
     def template(self, value):
         return _plain(self._templar.template(value))
+
+    def with_facts(self, name: str, **facts):
+        """``name`` templated with facts of the target that the inventory cannot know (e.g. ansible_user_uid,
+        for a default that depends on who runs the playbook there)."""
+        from ansible.template import Templar
+
+        if name not in self._raw:
+            raise KeyError(f"inventory variable {name!r} is not defined for {self.host_name}")
+        return _plain(Templar(loader=self._loader, variables={**self._raw, **facts}).template(self._raw[name]))
 
 
 def _plain(value):

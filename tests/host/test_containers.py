@@ -23,7 +23,8 @@ from host_expectations import ROOT, mount_options, processes, run_ok, tcp_listen
 sys.path.insert(0, str(ROOT / "infra"))
 from database import APP_ROLE, POSTGRES_PORT  # noqa: E402
 from gateway import DOCKER_DNS, HTTP_PORT, HTTPS_PORT, TLS_DIR  # noqa: E402
-from monitoring import NODE_EXPORTER_PORT, PROMETHEUS_PORT, RULES_IN_CONTAINER  # noqa: E402
+from monitoring import (NODE_EXPORTER_PORT, POSTGRES_EXPORTER_PORT, POSTGRES_EXPORTER_QUERIES,  # noqa: E402
+                        PROMETHEUS_PORT, REDIS_EXPORTER_PORT, RULES_IN_CONTAINER)
 from ops import BACKUPS_PATH, MODELS_PATH  # noqa: E402
 from service import MIGRATED_MARKER  # noqa: E402
 
@@ -72,11 +73,15 @@ def test_gateway_configuration_is_valid_and_reresolves_every_replica(host, nginx
     run_ok(host, "nginx -t")
     service = stack_file("service")
     servers = re.findall(r"^\s*server\s+(\S+):(\d+)\b([^;]*)\bresolve;", nginx_conf, re.M)
-    primaries = [(name, int(port)) for name, port, params in servers if "backup" not in params]
-    backups = [(name, int(port)) for name, port, params in servers if "backup" in params]
-    # One name for every replica, and once more as a backup (the fallback when nginx counts all of
-    # them failed); Docker's DNS answers it with every replica's address.
-    assert len(primaries) == 1 and primaries[0][1] == service.port and backups == primaries, servers
+    # One upstream per protocol (REST on service.port, gRPC on service.grpcPort), each with one name for
+    # every replica and once more as a backup (the fallback when nginx counts all of them failed);
+    # Docker's DNS answers it with every replica's address.
+    assert {int(port) for _, port, _ in servers} == {service.port, service.grpcPort}, servers
+    for wanted in (service.grpcPort, service.port):
+        ours = [(name, int(port), "backup" in params) for name, port, params in servers if int(port) == wanted]
+        primaries = [(name, port) for name, port, backup in ours if not backup]
+        backups = [(name, port) for name, port, backup in ours if backup]
+        assert len(primaries) == 1 and backups == primaries, servers
     assert re.search(rf"^\s*resolver\s+{re.escape(DOCKER_DNS)}\b", nginx_conf, re.M), \
         "replicas' names must be re-resolved through Docker's DNS"
     addresses = {line.split()[0] for line in run_ok(host, f"getent ahostsv4 {primaries[0][0]}").splitlines()}
@@ -236,6 +241,40 @@ def test_migrate_job_migrated_as_the_owner_and_listens_nowhere(host, expected):
     assert listeners == set(), f"the migrate job must not listen on anything: {listeners}"
     env = dict(kv.split("=", 1) for kv in host.file("/proc/1/environ").content_string.split("\0") if "=" in kv)
     assert urlsplit(env["PREDICTION_TIMESCALE_URL"]).username == expected["prediction_db_user"]
+
+
+# --- exporters: the upstream images' users and ports ----------------------------------------------------
+# Published nowhere: that is the Docker suite's to check (the container's published ports), not visible
+# from inside. prometheuscommunity/postgres-exporter has busybox (sh, wget); oliver006/redis_exporter is
+# FROM scratch, so these checks run where the image has a shell (the local stand-in does).
+
+
+def _environ(host, pid: int) -> dict[str, str]:
+    raw = host.file(f"/proc/{pid}/environ").content_string
+    return dict(kv.split("=", 1) for kv in raw.split("\0") if "=" in kv)
+
+
+@pytest.mark.role("postgres-exporter")
+def test_postgres_exporter_is_unprivileged_and_logs_in_as_the_monitoring_role(host, expected):
+    exporter = main_process(host, r"postgres_exporter")
+    assert exporter.pid == 1 and user_name(host, exporter.uid) == "nobody"
+    assert listens_on_every_address(host, POSTGRES_EXPORTER_PORT)
+    env = _environ(host, exporter.pid)
+    assert env.get("DATA_SOURCE_USER") == expected["postgres_exporter_db_user"], \
+        "the exporter must log in as the monitoring role (pg_monitor only), not the owner"
+    queries = env.get("PG_EXPORTER_EXTEND_QUERY_PATH", "")
+    assert queries == POSTGRES_EXPORTER_QUERIES and host.file(queries).content_string == (ROOT / "roles/postgres_exporter/files/queries.yml").read_text(), \
+        "the exporter must read roles/postgres_exporter/files/queries.yml (PG_EXPORTER_EXTEND_QUERY_PATH)"
+    metrics = run_ok(host, f"wget -qO- http://127.0.0.1:{POSTGRES_EXPORTER_PORT}/metrics")
+    assert re.search(r"^pg_up 1$", metrics, re.M), "the exporter does not reach the database"
+    assert "pg_timescaledb_job_scheduled" in metrics, "no TimescaleDB job state in the exporter's metrics"
+
+
+@pytest.mark.role("redis-exporter")
+def test_redis_exporter_is_unprivileged_and_listens(host):
+    exporter = main_process(host, r"redis_exporter")
+    assert exporter.pid == 1 and exporter.uid == 59000, f"uid {exporter.uid}: the upstream image runs as 59000"
+    assert listens_on_every_address(host, REDIS_EXPORTER_PORT)
 
 
 # --- ops: the toolbox the playbooks run in -------------------------------------------------------------

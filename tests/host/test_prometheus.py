@@ -21,7 +21,7 @@ def _api(host, url: str) -> dict:
 
 def test_every_target_up(host, prometheus, localenv):
     wanted = {f"127.0.0.1:{p}" for p in localenv["service_ports"]}
-    wanted.add(f"127.0.0.1:{localenv['node_exporter_port']}")
+    wanted |= {f"127.0.0.1:{localenv[f'{name}_port']}" for name in ("node_exporter", "postgres_exporter", "redis_exporter")}
     deadline = time.monotonic() + 30  # a target is "unknown" until its first scrape
     while True:
         targets = _api(host, f"{prometheus}/api/v1/targets?state=active")["activeTargets"]

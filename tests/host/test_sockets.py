@@ -41,6 +41,7 @@ def test_supervised_processes_listen_only_where_intended(host, localenv):
     # port -> addresses allowed; the gateway is the one public entry point.
     allowed = {localenv["postgres_port"]: LOOPBACK, localenv["redis_port"]: LOOPBACK,
                localenv["prometheus_port"]: LOOPBACK, localenv["node_exporter_port"]: LOOPBACK,
+               localenv["postgres_exporter_port"]: LOOPBACK, localenv["redis_exporter_port"]: LOOPBACK,
                localenv["https_port"]: None, localenv["http_port"]: None}
     allowed.update({p: LOOPBACK for p in localenv["service_ports"] + localenv["service_grpc_ports"]})
     supervisord = int(run_ok(host, f"{localenv['supervisorctl']} pid").strip())

@@ -14,6 +14,7 @@ from pulumi_graph import ProgramFailed, is_secret, plain_strings, run_stack, sta
 GIVEN = {
     "dbPassword": "p@ss/word:with%special&chars-0123456789",
     "appDbPassword": "app:p@ss/word with%special-0123456789",
+    "monitorDbPassword": "monitor:p@ss/word%special-0123456789",
     "apiKey": "given-api-key-0123456789abcdef",
     "jwtSecret": "given-jwt-secret-0123456789abcdef",
     "grafanaAdminPassword": "given-grafana-admin-0123456789",
@@ -47,6 +48,8 @@ def test_configured_secrets_are_used_not_generated(prod_with_secrets):
     migrate = graph.container("service-migrate").env()
     assert urllib.parse.unquote(urllib.parse.urlsplit(migrate["PREDICTION_TIMESCALE_URL"]).password) == GIVEN["dbPassword"]
     assert migrate["PREDICTION_APP_DB_PASSWORD"] == GIVEN["appDbPassword"]
+    assert migrate["PREDICTION_MONITOR_DB_PASSWORD"] == GIVEN["monitorDbPassword"]
+    assert graph.container("monitoring-postgres-exporter").env()["DATA_SOURCE_PASS"] == GIVEN["monitorDbPassword"]
 
 
 def test_configured_secrets_stay_secret_everywhere(prod_with_secrets):
@@ -55,7 +58,8 @@ def test_configured_secrets_stay_secret_everywhere(prod_with_secrets):
         for text in plain_strings(r.inputs):
             leaked = [k for k, v in GIVEN.items() if v in text or urllib.parse.quote(v, safe="") in text]
             assert not leaked, f"{r.type} {r.name} carries {leaked} in plain text"
-    for name in ("database-container", "monitoring-grafana", "gateway-container", "service-migrate"):
+    for name in ("database-container", "monitoring-grafana", "gateway-container", "service-migrate",
+                 "monitoring-postgres-exporter"):
         assert any(is_secret(v) for v in graph.container(name).inputs.values()), name
     assert graph.exports["api_key"] == {"value": GIVEN["apiKey"], "secret": True}
 

@@ -91,8 +91,9 @@ def test_resource_counts_follow_replicas(stack):
     replicas = cfg["service"]["replicas"]
     assert replicas == EXPECTED_REPLICAS[name], f"Pulumi.{name}.yaml should run {EXPECTED_REPLICAS[name]} replicas"
     assert len(graph.replicas()) == replicas
-    # database, cache, gateway, prometheus, node-exporter, grafana, ops, the migrate job + the replicas
-    assert len(graph.of_type(CONTAINER)) == 8 + replicas
+    # database, cache, gateway, prometheus, node-exporter, the PostgreSQL and Redis exporters, grafana, ops,
+    # the migrate job + the replicas
+    assert len(graph.of_type(CONTAINER)) == 10 + replicas
     assert len(graph.of_type(NETWORK)) == 2
     # one service image shared by every replica (and the migrate job), and the ops toolbox's stage of it
     assert sorted(i.get("build").get("target") or "service" for i in graph.of_type(IMAGE)) == ["ops", "service"]
@@ -246,7 +247,7 @@ def test_migrate_job_runs_the_images_migrations_as_the_owner_before_the_replicas
     db = graph.container("database-container")
     job = graph.container("service-migrate")
     assert job.get("command") == ["python", "-m", "prediction_service", "migrate", "--app-role", "prediction_app",
-                                  "--stay-up"]
+                                  "--monitor-role", "prediction_monitor", "--stay-up"]
     # pulumi up waits until it reports the database migrated; a job that never does fails its create,
     # and replaceOnChanges ["*"] makes the next pulumi up replace (re-run) it.
     assert job.get("wait") is True and "/tmp/migrated" in job.get("healthcheck")["tests"]
@@ -366,6 +367,60 @@ def test_prometheus_discovers_every_replica_and_loads_the_rules(stack):
         assert prom.upload(f"/etc/prometheus/rules/{rule.name}") == rule.read_text()
 
 
+def test_prometheus_scrapes_the_data_layers_exporters(stack):
+    _, graph, _ = stack
+    config = yaml.safe_load(graph.container("monitoring-prometheus").upload("/etc/prometheus/prometheus.yml"))
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    for job, logical, port in (("postgres", "monitoring-postgres-exporter", 9187),
+                               ("redis", "monitoring-redis-exporter", 9121)):
+        [static] = jobs[job]["static_configs"]
+        assert static["targets"] == [f"{graph.container(logical).get('name')}:{port}"], job
+    # The database disk alert's series: the host filesystem holding Docker's volumes, found by DNS too.
+    [relabel] = jobs["node"]["metric_relabel_configs"]
+    assert (relabel["regex"], relabel["target_label"], relabel["replacement"]) == (
+        "node_filesystem_[a-z_]+;/", "volume", "database")
+
+
+def test_exporters_reach_the_data_layer_unpublished(stack):
+    """On the data network like the ops toolbox (never a published port), on the app network for
+    Prometheus; the PostgreSQL one as prediction_monitor with the migrate job's password for it and
+    the postgres_exporter role's queries file (one copy)."""
+    _, graph, cfg = stack
+    nets = {graph.one(NETWORK, "network-data").get("name"), graph.one(NETWORK, "network-app").get("name")}
+    db = graph.container("database-container")
+    job = graph.container("service-migrate")
+    pg = graph.container("monitoring-postgres-exporter")
+    redis = graph.container("monitoring-redis-exporter")
+    for exporter in (pg, redis):
+        assert exporter.networks() == nets and not exporter.ports(), exporter.name
+    env = pg.env()
+    assert env["DATA_SOURCE_URI"] == f"{db.get('name')}:5432/{cfg['database'].get('name', 'prediction_db')}?sslmode=disable"
+    assert env["DATA_SOURCE_USER"] == "prediction_monitor"
+    assert env["DATA_SOURCE_PASS"] == job.env()["PREDICTION_MONITOR_DB_PASSWORD"]
+    assert is_secret(pg.inputs["envs"]), "the exporter's password must stay a secret"
+    assert env["PG_EXPORTER_EXTEND_QUERY_PATH"] == "/etc/postgres_exporter/queries.yml"
+    assert pg.upload("/etc/postgres_exporter/queries.yml") == (ROOT / "roles/postgres_exporter/files/queries.yml").read_text()
+    assert job.urn in pg.options["dependsOn"], "the role may log in only once the migrate job has run"
+    assert pg.get("image") == remote_image_id(graph, "prometheuscommunity/postgres-exporter:v0.11.1")
+    assert redis.get("image") == remote_image_id(graph, "oliver006/redis_exporter:v1.45.0")
+    assert f"-redis.addr=redis://{graph.container('cache-container').get('name')}:{cfg['cache'].get('port', 6379)}" \
+        in redis.get("command")
+
+
+def test_backup_metrics_reach_node_exporters_textfile_collector(stack):
+    """The backup playbook (in the ops toolbox) writes the newest dump's metrics where node-exporter reads
+    them: one volume, read-write in ops, read-only in node-exporter (inventories' db_backup_textfile_dir)."""
+    name, graph, _ = stack
+    inventory = yaml.safe_load((ROOT / f"inventories/{name}/group_vars/all/database.yml").read_text())
+    folder = inventory["db_backup_textfile_dir"]
+    volume = graph.one(VOLUME, "monitoring-node-textfile").get("name")
+    exporter = graph.container("monitoring-node-exporter")
+    assert f"--collector.textfile.directory={folder}" in exporter.get("command")
+    mounted = {(c.name, v["containerPath"], v.get("readOnly", False)) for c in (exporter, graph.container("ops-container"))
+               for v in c.get("volumes") or [] if v.get("volumeName") == volume}
+    assert mounted == {("monitoring-node-exporter", folder, True), ("ops-container", folder, False)}
+
+
 def test_grafana_provisioning_from_the_ops_templates(stack):
     _, graph, _ = stack
     grafana = graph.container("monitoring-grafana")
@@ -466,8 +521,8 @@ def test_stack_outputs(stack):
 def test_generated_secrets_when_none_are_configured(stack):
     _, graph, _ = stack
     generated = {r.name for r in graph.of_type("random:index/randomPassword:RandomPassword")}
-    assert generated == {"database-password", "database-app-password", "service-api-key", "service-jwt-secret",
-                         "monitoring-grafana-admin-password"}
+    assert generated == {"database-password", "database-app-password", "database-monitor-password", "service-api-key",
+                         "service-jwt-secret", "monitoring-grafana-admin-password"}
     assert {r.type for r in graph.resources if r.type.startswith("tls:")} == {
         "tls:index/privateKey:PrivateKey", "tls:index/selfSignedCert:SelfSignedCert"}
 

@@ -9,11 +9,12 @@ import re
 import pytest
 import yaml
 
-from pulumi_graph import (CONTAINER, NETWORK, SECRET, SERVICE, SERVICE_CONFIG, SWARM_STACKS, files_of, plain_strings,
+from pulumi_graph import (CONTAINER, ROOT, NETWORK, SECRET, SERVICE, SERVICE_CONFIG, SWARM_STACKS, files_of, plain_strings,
                           run_stack, stack_file, workload)
 
 SERVICES = ("database-container", "cache-container", "service", "service-migrate", "gateway-container",
-            "monitoring-prometheus", "monitoring-grafana", "monitoring-node-exporter")
+            "monitoring-prometheus", "monitoring-grafana", "monitoring-node-exporter", "monitoring-postgres-exporter",
+            "monitoring-redis-exporter")
 
 
 @pytest.fixture(scope="module", params=SWARM_STACKS)
@@ -112,6 +113,23 @@ def test_prometheus_finds_every_task_by_dns(swarm):
     exporter = workload(graph, "monitoring-node-exporter")
     assert exporter.get("mode").get("global") is True
     assert jobs["node"]["dns_sd_configs"][0]["names"] == [f"tasks.{exporter.get('name')}"]
+    for job, logical, port in (("postgres", "monitoring-postgres-exporter", 9187),
+                               ("redis", "monitoring-redis-exporter", 9121)):
+        assert jobs[job]["static_configs"][0]["targets"] == [f"{workload(graph, logical).get('name')}:{port}"]
+
+
+def test_postgres_exporter_reads_its_password_from_a_secret_file(swarm):
+    _, graph, _ = swarm
+    exporter = spec(workload(graph, "monitoring-postgres-exporter"))
+    assert exporter["env"]["DATA_SOURCE_USER"] == "prediction_monitor"
+    path = exporter["env"]["DATA_SOURCE_PASS_FILE"]
+    assert "DATA_SOURCE_PASS" not in exporter["env"]
+    [secret] = [s for s in exporter["secrets"] if s["fileName"] == path]
+    assert (secret["fileUid"], secret["fileMode"]) == ("65534", 0o400)  # the image's user nobody
+    migrate = spec(workload(graph, "service-migrate"))
+    assert "--monitor-role" in migrate["args"] and "PREDICTION_MONITOR_DB_PASSWORD_FILE" in migrate["env"]
+    queries = files_of(graph, "monitoring-postgres-exporter")["/etc/postgres_exporter/queries.yml"]
+    assert queries == (ROOT / "roles/postgres_exporter/files/queries.yml").read_text()
 
 
 def test_overlay_networks_the_data_one_internal_and_the_gateway_on_the_managers(swarm):

@@ -493,6 +493,10 @@ def prometheus_vars(rule_files: list[str], targets: list[dict]) -> dict:
         "prometheus_service_targets": targets,
         "prometheus_node_exporter_targets": ["127.0.0.1:9100"],
         "prometheus_self_target": "127.0.0.1:9090",
+        "prometheus_postgres_exporter_targets": ["127.0.0.1:9187"],
+        "prometheus_redis_exporter_targets": ["127.0.0.1:9121"],
+        # A mountpoint with regex metacharacters: the relabel rule must match it literally.
+        "prometheus_database_mountpoint": "/srv/db.data+1",
     }
 
 
@@ -508,7 +512,15 @@ def test_prometheus_config_passes_promtool_with_the_rule_files(tmp_path):
         assert "SUCCESS" in result.stdout and rule.name in result.stdout
     parsed = yaml.safe_load(conf.read_text())
     jobs = {j["job_name"]: j for j in parsed["scrape_configs"]}
-    assert set(jobs) == {"prediction_service", "node", "prometheus"}
+    assert set(jobs) == {"prediction_service", "node", "prometheus", "postgres", "redis"}
+    assert jobs["postgres"]["static_configs"] == [{"targets": ["127.0.0.1:9187"]}]
+    assert jobs["redis"]["static_configs"] == [{"targets": ["127.0.0.1:9121"]}]
+    [relabel] = jobs["node"]["metric_relabel_configs"]
+    assert (relabel["source_labels"], relabel["target_label"], relabel["replacement"]) == (
+        ["__name__", "mountpoint"], "volume", "database")
+    assert re.fullmatch(relabel["regex"], "node_filesystem_avail_bytes;/srv/db.data+1")
+    assert not re.fullmatch(relabel["regex"], "node_filesystem_avail_bytes;/srv/dbXdata1")
+    assert not re.fullmatch(relabel["regex"], "node_cpu_seconds_total;/srv/db.data+1")
     assert [sc["labels"]["instance"] for sc in jobs["prediction_service"]["static_configs"]] == [
         "service-1", "service-2", "service-3"]
 
@@ -516,12 +528,18 @@ def test_prometheus_config_passes_promtool_with_the_rule_files(tmp_path):
 def test_prometheus_optional_jobs_are_omitted_when_empty(tmp_path):
     variables = prometheus_vars([], [{"target": "127.0.0.1:8000", "instance": "only"}])
     variables["prometheus_node_exporter_targets"] = []
-    del variables["prometheus_self_target"]
+    for optional in ("prometheus_self_target", "prometheus_postgres_exporter_targets",
+                     "prometheus_redis_exporter_targets", "prometheus_database_mountpoint"):
+        del variables[optional]
     conf = tmp_path / "prometheus.yml"
     conf.write_text(render(PROMETHEUS_TEMPLATE, **variables))
     parsed = yaml.safe_load(conf.read_text())
     assert [j["job_name"] for j in parsed["scrape_configs"]] == ["prediction_service"]
     assert parsed["rule_files"] == []
+    # The exporters' jobs do not depend on a node-exporter being scraped.
+    variables["prometheus_postgres_exporter_targets"] = ["127.0.0.1:9187"]
+    conf.write_text(render(PROMETHEUS_TEMPLATE, **variables))
+    assert [j["job_name"] for j in yaml.safe_load(conf.read_text())["scrape_configs"]] == ["prediction_service", "postgres"]
     result = subprocess.run([PROMTOOL, "check", "config", str(conf)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -210,6 +210,7 @@ def test_metric_names_are_in_the_contract():
 
 
 def test_dashboard_is_provisioning_ready():
+    assert {p.stem for p in DASHBOARDS} >= {"prediction-service", "data-layer"}
     for path in DASHBOARDS:
         dash = json.loads(path.read_text())
         assert dash["uid"] and dash["title"], path
@@ -224,15 +225,24 @@ def test_dashboard_is_provisioning_ready():
                 continue
             assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
             assert p["targets"], p["title"]
-        exprs = " ".join(t["expr"] for p in panels for t in p.get("targets", []))
-        for needle in ("prediction_service_requests_total", "histogram_quantile(0.5,", "histogram_quantile(0.95,",
-                       "histogram_quantile(0.99,", SERVER_ERRORS, SUCCESS, "prediction_service_cache_hits_total",
-                       "prediction_service_inference_duration_seconds_bucket", "prediction_service_db_write_queue_rows",
-                       "prediction_service_db_rows_dropped_total", 'up{job="prediction_service"',
-                       "sum by (api) (rate(prediction_service_requests_total", "sum by (le, api) (rate(",
-                       'api="grpc"'):
-            assert needle in exprs, f"{path}: no panel uses {needle}"
-        assert "sum by (le) (rate(prediction_service_request_duration_seconds_bucket" in exprs
+        assert dash["uid"] == path.stem, f"{path}: the uid is the file's name (the alerts link /d/<uid>)"
+
+
+def dashboard_exprs(name: str) -> str:
+    dash = json.loads((ROOT / "dashboards/grafana" / f"{name}.json").read_text())
+    return " ".join(t["expr"] for p in walk_panels(dash["panels"]) for t in p.get("targets", []))
+
+
+def test_service_dashboard_covers_the_checklist():
+    exprs = dashboard_exprs("prediction-service")
+    for needle in ("prediction_service_requests_total", "histogram_quantile(0.5,", "histogram_quantile(0.95,",
+                   "histogram_quantile(0.99,", SERVER_ERRORS, SUCCESS, "prediction_service_cache_hits_total",
+                   "prediction_service_inference_duration_seconds_bucket", "prediction_service_db_write_queue_rows",
+                   "prediction_service_db_rows_dropped_total", 'up{job="prediction_service"',
+                   "sum by (api) (rate(prediction_service_requests_total", "sum by (le, api) (rate(",
+                   'api="grpc"'):
+        assert needle in exprs, f"prediction-service.json: no panel uses {needle}"
+    assert "sum by (le) (rate(prediction_service_request_duration_seconds_bucket" in exprs
 
 
 def test_error_and_success_filters_cover_every_api():
@@ -243,3 +253,73 @@ def test_error_and_success_filters_cover_every_api():
     assert filters and set(filters) == {SERVER_ERRORS, SUCCESS}, sorted(set(filters))
     contract = (ROOT / "docs/CONTRACTS.md").read_text()
     assert SERVER_ERRORS in contract and SUCCESS in contract, "docs/CONTRACTS.md names both sets"
+
+
+# --- data layer ----------------------------------------------------------------------------------------------
+
+DATA_LAYER_RULES = ROOT / "dashboards/alerts/data-layer.rules.yml"
+QUERIES = ROOT / "roles/postgres_exporter/files/queries.yml"
+BACKUP_TEXTFILE = ROOT / "roles/db_backup/tasks/textfile.yml"
+OUR_DATA_LAYER_NAME = re.compile(r"\b(?:pg_timescaledb|prediction_db_backup)_[a-z0-9_]+")
+
+
+def data_layer_rules() -> dict[str, str]:
+    return {r["alert"]: r["expr"] for g in yaml.safe_load(DATA_LAYER_RULES.read_text())["groups"] for r in g["rules"]}
+
+
+def test_data_layer_thresholds_are_the_issues():
+    rules = data_layer_rules()
+    assert rules["PostgresDown"].strip() == "pg_up == 0"
+    assert "pg_stat_activity_count" in rules["PostgresTooManyConnections"] \
+        and "pg_settings_max_connections" in rules["PostgresTooManyConnections"] and "> 0.8" in rules["PostgresTooManyConnections"]
+    assert "pg_timescaledb_job_last_run_success == 0" in rules["TimescaleDBJobFailing"]
+    assert "2 * pg_timescaledb_job_schedule_interval_seconds" in rules["TimescaleDBJobNotRun"]
+    assert "> 26 * 3600" in rules["DatabaseBackupTooOld"]
+    assert 'volume="database"' in rules["DatabaseDiskAlmostFull"] and "> 80" in rules["DatabaseDiskAlmostFull"]
+    assert rules["RedisDown"].strip() == "redis_up == 0"
+    assert "redis_memory_max_bytes > 0.9" in rules["RedisMemoryNearMax"].replace("\n", " ").replace(
+        "redis_memory_used_bytes / ", "")
+    assert "redis_evicted_keys_total" in rules["RedisEvictingKeys"]
+    assert "< 0.8" in rules["RedisLowHitRatio"] and "redis_keyspace_misses_total" in rules["RedisLowHitRatio"]
+
+
+def test_data_layer_dashboard_shows_what_each_alert_watches():
+    exprs = dashboard_exprs("data-layer")
+    for needle in ("pg_up", "pg_stat_activity_count", "pg_settings_max_connections", "pg_timescaledb_job_last_run_success",
+                   "pg_timescaledb_job_last_start_timestamp_seconds", "pg_timescaledb_job_schedule_interval_seconds",
+                   "pg_timescaledb_hypertable_size_bytes", "pg_timescaledb_hypertable_chunks",
+                   "prediction_db_backup_newest_timestamp_seconds", 'node_filesystem_avail_bytes{volume="database"}',
+                   "redis_up", "redis_memory_max_bytes", "redis_evicted_keys_total", "redis_keyspace_hits_total"):
+        assert needle in exprs, f"data-layer.json: no panel uses {needle}"
+
+
+def produced_names() -> set[str]:
+    """Every series our own sources produce: the exporter queries (<key>_<column>) and the backup textfile."""
+    names = set()
+    for key, query in yaml.safe_load(QUERIES.read_text()).items():
+        for metric in query["metrics"]:
+            [(column, spec)] = metric.items()
+            if spec["usage"] != "LABEL":
+                names.add(f"{key}_{column}")
+    names |= set(re.findall(r"^\s*(prediction_db_backup_[a-z_]+)\{", BACKUP_TEXTFILE.read_text(), re.M))
+    return names
+
+
+def test_data_layer_names_come_from_their_sources_and_are_in_the_contract():
+    produced = produced_names()
+    assert {"pg_timescaledb_job_last_run_success", "prediction_db_backup_newest_timestamp_seconds"} <= produced
+    used = set(OUR_DATA_LAYER_NAME.findall("".join(p.read_text() for p in DASHBOARDS + RULE_FILES)))
+    assert used, "the data layer's dashboard and rules use none of our own metrics"
+    assert not used - produced, f"used but produced by neither queries.yml nor the backup textfile: {sorted(used - produced)}"
+    missing = produced - contract_data_layer_names()
+    assert not missing, f"not in docs/CONTRACTS.md: {sorted(missing)}"
+
+
+def contract_data_layer_names() -> set[str]:
+    """Names of the contract's data-layer section, `family_{a,b}` written out."""
+    text = (ROOT / "docs/CONTRACTS.md").read_text()
+    section = text.split("## Data-layer metrics", 1)[1].split("\n## ", 1)[0]
+    names = set()
+    for family, members in re.findall(r"\b([a-z_]+)\{([a-z_,]+)\}", section):
+        names |= {family + m for m in members.split(",")}
+    return names | set(re.findall(r"\b[a-z_]+\b", section))

@@ -112,6 +112,20 @@ def loaded_db(postgres, fresh_db, playbook, storage_mode):
     return db
 
 
+def test_the_backups_timestamp_is_taken_once():
+    """The dump's and the manifest's names share one stamp: set_fact evaluates now() once, first; a role
+    variable holding now() is templated again at every use (and a second may pass between two)."""
+    import yaml
+
+    role = Path(__file__).resolve().parents[2] / "roles/db_backup"
+    first = yaml.safe_load((role / "tasks/main.yml").read_text())[0]
+    assert "now(" in first["ansible.builtin.set_fact"]["_db_backup_stamp"], first
+    for folder in ("vars", "defaults"):
+        for path in (role / folder).glob("*.yml"):
+            assert "now(" not in "".join(line.split("#", 1)[0] for line in path.read_text().splitlines()), \
+                f"{path}: a variable holding now() is evaluated at each use; set it once with set_fact"
+
+
 def manifests(backup_dir: Path) -> list[Path]:
     return sorted(backup_dir.glob("*.manifest.json"))
 
@@ -229,6 +243,27 @@ def test_rotation_keeps_the_newest_even_when_all_are_old(postgres, loaded_db, pl
 
 
 @plain_only
+def test_backup_leaves_the_newest_dump_for_node_exporter(postgres, loaded_db, playbook, tmp_path):
+    """node-exporter's textfile collector reads what the alert DatabaseBackupTooOld needs: the newest
+    dump's time and size and the number kept after rotation, readable by another user."""
+    db, bdir, textfile = loaded_db, tmp_path / "backups", tmp_path / "textfile"
+    bdir.mkdir()
+    plant(bdir, db, "20240101_000000", 2)
+    ok(playbook("backup.yml", conn_vars(postgres, db, bdir, db_backup_textfile_dir=str(textfile))))
+    prom = textfile / "prediction_db_backup.prom"
+    assert prom.stat().st_mode & 0o777 == 0o644 and textfile.stat().st_mode & 0o777 == 0o755
+    samples = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in prom.read_text().splitlines()
+               if line and not line.startswith("#") and f'{{database="{db}"}}' in line}
+    newest = max(bdir.glob(f"{db}_*.dump"), key=lambda p: p.stat().st_mtime)
+    assert samples == {"prediction_db_backup_newest_timestamp_seconds": pytest.approx(newest.stat().st_mtime, abs=1e-3),
+                       "prediction_db_backup_newest_size_bytes": newest.stat().st_size,
+                       "prediction_db_backup_dumps": 2}
+    assert time.time() - samples["prediction_db_backup_newest_timestamp_seconds"] < 600
+    # A dump's age is what Prometheus compares: the planted 2-day-old one is not the newest.
+    assert newest.name != f"{db}_20240101_000000.dump"
+
+
+@plain_only
 def test_restore_refuses_a_tampered_dump(postgres, loaded_db, playbook, tmp_path):
     db, bdir = loaded_db, tmp_path / "backups"
     ok(playbook("backup.yml", conn_vars(postgres, db, bdir)))
@@ -283,8 +318,10 @@ def test_restore_names_what_is_missing(postgres, loaded_db, playbook, tmp_path):
 def test_backup_check_mode_writes_nothing(postgres, loaded_db, playbook, tmp_path):
     db, bdir = loaded_db, tmp_path / "backups"
     bdir.mkdir()
-    ok(playbook("backup.yml", conn_vars(postgres, db, bdir), check=True))
+    ok(playbook("backup.yml", conn_vars(postgres, db, bdir, db_backup_textfile_dir=str(tmp_path / "textfile")),
+                check=True))
     assert list(bdir.iterdir()) == []
+    assert not (tmp_path / "textfile").exists()
 
 
 @pytest.mark.parametrize("storage_mode", ["timescaledb"])

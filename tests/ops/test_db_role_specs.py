@@ -1,4 +1,4 @@
-"""Static checks of the DB roles and inventories: argument specs in sync with defaults, role-prefixed
+"""Static checks of the DB (and exporter) roles and inventories: argument specs in sync with defaults, role-prefixed
 names, the brief's prod values, and no plain-text passwords. (ansible-lint runs in its own test.)"""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLES = ("timescaledb_tuning", "timescaledb_schema", "db_backup", "db_restore")
+ROLES = ("timescaledb_tuning", "timescaledb_schema", "db_backup", "db_restore", "postgres_exporter", "redis_exporter")
 ENVS = ("local", "dev", "staging", "prod")
 
 

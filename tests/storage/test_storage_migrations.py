@@ -20,9 +20,9 @@ from harness.postgres import query
 PSQL = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")) / "psql"
 UP_FILES = sorted(MIGRATIONS_DIR.glob("*.sql"))
 ALL_FILES = UP_FILES + sorted((MIGRATIONS_DIR / "down").glob("*.sql"))
-EXPECTED_VERSIONS = [1, 2, 3, 4, 5]
+EXPECTED_VERSIONS = [1, 2, 3, 4, 5, 6]
 RECORDED = [(1, "schema_migrations"), (2, "prediction_tables"), (3, "partition_maintenance"),
-            (4, "compression"), (5, "application_role")]
+            (4, "compression"), (5, "application_role"), (6, "monitoring_role")]
 NEXT = EXPECTED_VERSIONS[-1] + 1  # the version a test's extra file takes
 
 

@@ -136,7 +136,7 @@ def test_rollback_decompresses_and_forward_again_keeps_every_row(migrated_db):
         query(migrated_db, f"CALL run_job({job_id(migrated_db, 'policy_compression', table)})")
     before = {t: content(migrated_db, t) for t in TABLES}
 
-    assert rollback_migrations(migrated_db, 3) == [5, 4]
+    assert rollback_migrations(migrated_db, 3) == [6, 5, 4]
     for table in TABLES:
         assert not any(c for _, c in chunks(migrated_db, table))
         assert content(migrated_db, table) == before[table]
@@ -145,16 +145,16 @@ def test_rollback_decompresses_and_forward_again_keeps_every_row(migrated_db):
     assert query(migrated_db, "SELECT bool_or(compression_enabled) FROM timescaledb_information.hypertables") \
         == [(False,)]
 
-    assert apply_migrations(migrated_db) == [4, 5]
+    assert apply_migrations(migrated_db) == [4, 5, 6]
     assert query(migrated_db, "SELECT count(*) FROM timescaledb_information.jobs "
                               "WHERE proc_name = 'policy_compression'") == [(2,)]
 
     # All the way down: the hypertables, their chunks and every policy job go; the extension stays.
-    assert rollback_migrations(migrated_db, 1) == [5, 4, 3, 2]
+    assert rollback_migrations(migrated_db, 1) == [6, 5, 4, 3, 2]
     assert query(migrated_db, "SELECT count(*) FROM timescaledb_information.hypertables") == [(0,)]
     assert query(migrated_db, "SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL") \
         == [(0,)]
-    assert apply_migrations(migrated_db) == [2, 3, 4, 5]
+    assert apply_migrations(migrated_db) == [2, 3, 4, 5, 6]
     assert query(migrated_db, "SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL") \
         == [(4,)]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.postgres import timescaledb_missing
+from harness.postgres import timescaledb_missing, timescaledb_unpatched
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,8 +33,9 @@ def tree_pinning_another_version(tmp_path) -> Path:
 
 
 def test_nothing_to_do_when_the_pinned_version_is_installed():
-    if timescaledb_missing():
-        pytest.skip(timescaledb_missing())
+    reason = timescaledb_missing() or timescaledb_unpatched()
+    if reason:
+        pytest.skip(reason)
     r = run(ROOT / "scripts" / "install-timescaledb.sh")
     assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
 
@@ -65,3 +66,52 @@ def test_build_script_names_what_is_missing(tmp_path):
     assert r.returncode == 1 and "nope.tar.gz: no such file" in r.stderr
     r = run(ROOT / "scripts" / "build-timescaledb.sh", __file__, PG_CONFIG=str(tmp_path / "pg_config"))
     assert r.returncode == 1 and "pg_config not found" in r.stderr
+
+
+def _release(tmp_path: Path, version: str, files: dict[str, str]) -> Path:
+    """A stand-in release archive: one top folder holding version.config and ``files``."""
+    top = tmp_path / f"timescaledb-{version}"
+    (top / "version.config").parent.mkdir(parents=True)
+    (top / "version.config").write_text(f"version = {version}\n")
+    for name, text in files.items():
+        (top / name).parent.mkdir(parents=True, exist_ok=True)
+        (top / name).write_text(text)
+    archive = tmp_path / f"{top.name}.tar.gz"
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(tmp_path), top.name], check=True)
+    return archive
+
+
+@pytest.fixture
+def build_tools():
+    missing = [t for t in ("cmake", "make", "cc", "patch") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"building TimescaleDB needs {missing} (make timescaledb installs them as root)")
+
+
+def test_build_refuses_a_version_nobody_has_decided_the_patches_of(tmp_path, build_tools):
+    r = run(ROOT / "scripts" / "build-timescaledb.sh", str(_release(tmp_path, "0.0.1", {})))
+    assert r.returncode == 1
+    assert "no patch folder" in r.stderr and "timescaledb-0.0.1" in r.stderr and "empty when none" in r.stderr
+
+
+def test_build_stops_when_a_patch_does_not_apply(tmp_path, build_tools):
+    from harness.postgres import PATCHES, TIMESCALEDB_VERSION
+
+    [first, *_] = sorted(PATCHES.glob("*.patch"))
+    r = run(ROOT / "scripts" / "build-timescaledb.sh",
+            str(_release(tmp_path, TIMESCALEDB_VERSION, {"tsl/src/bgw_policy/job.c": "not the release's file\n"})))
+    assert r.returncode == 1 and f"{first.name} does not apply to TimescaleDB {TIMESCALEDB_VERSION}" in r.stderr
+
+
+def test_an_install_without_the_current_patches_is_rebuilt(tmp_path):
+    """The pinned version is installed, but the tree now carries a patch it was not built with."""
+    if timescaledb_missing():
+        pytest.skip(timescaledb_missing())
+    shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
+    from harness.postgres import TIMESCALEDB_VERSION
+
+    (tmp_path / "scripts" / "patches" / f"timescaledb-{TIMESCALEDB_VERSION}" / "9999-new.patch").write_text("x\n")
+    r = run(tmp_path / "scripts" / "install-timescaledb.sh", TIMESCALEDB_SOURCE=str(tmp_path / "missing.tar.gz"))
+    assert r.returncode == 0, r.stderr
+    [line] = r.stdout.splitlines()
+    assert "missing.tar.gz does not exist" in line, line

@@ -177,7 +177,7 @@ def _run_in_transaction(conn, migration: Migration, direction: str) -> None:
 
 
 def enable_login(dsn: str, role: str, password: str) -> None:
-    """Give ``role`` (created by migration 0005, or by a superuser) LOGIN with ``password``.
+    """Give ``role`` (created by migration 0005 or 0006, or by a superuser) LOGIN with ``password``.
     Run as a role allowed to alter it (the database image's superuser)."""
     from psycopg2 import sql
 
