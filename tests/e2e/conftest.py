@@ -28,12 +28,12 @@ def localenv() -> LocalEnv:
     var_dir.chmod(0o755)  # PostgreSQL runs as its own OS user when the tests run as root
     names = ["https", "http", "service_base", "postgres", "redis", "prometheus", "node_exporter"]
     ports = free_ports(len(names) + 1)
-    # Service instances take base and base+1: use two adjacent free ports.
-    base = next(p for p in random.sample(range(20000, 60000, 2), 500)
-                if port_free(p) and port_free(p + 1) and p not in ports and p + 1 not in ports)
+    # Service instances take base and base+1 (REST) and grpc_base and grpc_base+1: adjacent free ports.
+    base, grpc_base = [p for p in random.sample(range(20000, 60000, 2), 500)
+                       if port_free(p) and port_free(p + 1) and p not in ports and p + 1 not in ports][:2]
     settings = {f"localenv_{n}_port": p for n, p in zip(names, ports) if n != "service_base"}
-    settings.update({"localenv_service_base_port": base, "localenv_service_instances": 2,
-                     "localenv_scrape_interval": "2s"})
+    settings.update({"localenv_service_base_port": base, "localenv_service_grpc_base_port": grpc_base,
+                     "localenv_service_instances": 2, "localenv_scrape_interval": "2s"})
     vars_file = var_dir / "e2e-vars.json"
     vars_file.write_text(json.dumps(settings))
     env = LocalEnv(var_dir, vars_file, settings, {}, "")
