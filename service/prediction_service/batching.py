@@ -3,19 +3,20 @@
 Every prediction reaches the model through ``prediction.predict_rows`` (``/api/v1``, ``/v2`` and any
 other API alike), which hands a version with ``max_batch_size`` > 1 to its :class:`Batcher`:
 
-- a request that finds the model idle is not kept waiting: its call starts as soon as the event
-  loop has handled the other requests it is already working on (a ``call_soon`` callback, no
-  timer); those that reach the model in the same turn of the loop join the call;
-- requests that arrive while a call is running are queued; when it ends, the queue runs as one
+- a request that finds the model idle runs at once, alone, exactly as with batching off: batching
+  never makes a lone request wait, nor costs it more than a few attribute checks;
+- requests that reach the model while it is busy — while a call runs, or later in the same turn of
+  the event loop as a call that ran inline — are queued; when the call ends, the queue runs as one
   call of at most ``max_batch_size`` rows (whole requests: one larger than that runs alone, the
   rest wait for the next call). A batch that is not full may wait up to ``max_batch_delay_us``,
-  counted from when its oldest request was queued, for more to join (0 by default: it never waits);
-- a call expected to be short runs inline on the event loop, and the requests that arrive
+  counted from when its oldest request was queued, for more to join (0 by default: never);
+- a batched call expected to be short runs inline on the event loop, and the requests that arrive
   meanwhile are read, all together, right after it; a longer one (over THREAD_MIN_SECONDS, from
-  the version's measured cost per row) runs in a worker thread — ONNX Runtime releases the GIL —
-  so that the loop keeps reading and queueing requests, and answering cache hits, while it runs.
-  Why not always the thread: a hop to it and back costs ≈ 40 µs of CPU (measured here), more
-  than a short call and without any gain on one core (docs/performance.md, issue 19);
+  what the version's calls have cost so far) runs in a worker thread — ONNX Runtime releases the
+  GIL — so that the loop keeps reading and queueing requests, and answering cache hits, while it
+  runs. Why not always the thread: a hop to it and back costs ≈ 40 µs of CPU on an idle machine
+  and milliseconds on a busy one (measured here, docs/performance.md, issue 19), more than a short
+  call, and it gains nothing on one core;
 - each request keeps its own fate: its own results, and its own error when the model has no
   finite output for one of its rows (its neighbours get their answers); if a batched call fails
   as a whole, each of its requests is run again alone so that only the one at fault gets the error.
@@ -35,31 +36,37 @@ from collections import deque
 import numpy as np
 
 from . import metrics
-from .models import Model, NonFiniteOutput
+from .models import EXECUTOR_MIN_ROWS, Model, NonFiniteOutput
 
-# A batch expected to take longer than this runs in a worker thread, so that the event loop keeps
-# reading, queueing and answering other requests meanwhile; a shorter one runs inline.
-THREAD_MIN_SECONDS = 0.001
-ROW_SECONDS_WEIGHT = 0.1  # of the newest call in the moving average of inference seconds per row
+# A batched call expected to take longer than this runs in a worker thread, so that the event loop
+# keeps reading, queueing and answering other requests meanwhile; a shorter one runs inline. 2 ms:
+# above a call of 64 rows of the heavy demo model (iris_ensemble, ≈ 0.65 ms, `python -m bench.batch_cost`),
+# which on one core gains nothing from the thread and pays its hop.
+THREAD_MIN_SECONDS = 0.002
+COST_WEIGHT = 0.1  # of the newest call in the moving averages of what a call costs
 
 
 class Batcher:
     """The inference queue of one model version (event loop only)."""
 
-    __slots__ = ("model", "max_rows", "max_delay", "_queue", "_queued_rows", "_busy", "_timer", "_row_seconds",
-                 "_size_hist", "_rows_hist", "_wait_hist")
+    __slots__ = ("model", "max_rows", "max_delay", "_queue", "_queued_rows", "_busy", "_timer", "_one_row",
+                 "_extra_row", "_size_hist", "_rows_hist", "_wait_hist")
 
-    def __init__(self, model: Model, row_seconds: float = 0.0):
+    def __init__(self, model: Model, one_row_seconds: float = 0.0):
         self.model = model
         self.max_rows = model.max_batch_size
         self.max_delay = model.max_batch_delay_us / 1e6
         # (rows, future, time queued) per waiting request, oldest first.
         self._queue: deque[tuple[list, asyncio.Future, float]] = deque()
         self._queued_rows = 0
-        self._busy = False  # a batch is running, about to start, or waiting (timer) to fill up
+        # A call is running, or ran inline earlier in this turn of the event loop, or a batch waits
+        # (timer) to fill up: requests arriving now queue. False only with an empty queue.
+        self._busy = False
         self._timer: asyncio.TimerHandle | None = None
-        # Inference seconds per row, a moving average of the calls made: what decides the thread.
-        self._row_seconds = row_seconds
+        # What a call costs, as moving averages of the calls made: seconds for a call of one row, and
+        # for each further row in a call. They decide the thread (_expected_seconds).
+        self._one_row = one_row_seconds
+        self._extra_row = 0.0
         labels = (model.name, model.version)
         self._size_hist = metrics.batch_requests.labels(*labels)
         self._rows_hist = metrics.batch_rows.labels(*labels)
@@ -67,26 +74,55 @@ class Batcher:
 
     @property
     def queued(self) -> int:
-        """Requests waiting for a batch (not counting the one running)."""
+        """Requests waiting for a batch (not counting those of the call running)."""
         return len(self._queue)
 
     async def predict(self, rows: list[list[float]]) -> list[dict]:
-        """The model's result for each row (as ``Model.predict``), computed in a batch with any other
-        requests queued meanwhile. Raises NonFiniteOutput naming this request's rows at fault."""
+        """The model's result for each row (as ``Model.predict``), computed alone when the model is
+        idle, else in one call with the other requests queued meanwhile. Raises NonFiniteOutput
+        naming this request's rows at fault."""
         loop = asyncio.get_running_loop()
+        if not self._busy:
+            return await self._alone(loop, rows)
         future = loop.create_future()
         self._queue.append((rows, future, time.perf_counter()))
         self._queued_rows += len(rows)
-        if not self._busy:
-            # Idle: start now — after the requests this event-loop pass is already handling, which
-            # join (a callback, no timer: a lone request waits for nothing).
-            self._busy = True
-            loop.call_soon(self._start, loop)
-        elif self._timer is not None and self._queued_rows >= self.max_rows:
+        if self._timer is not None and self._queued_rows >= self.max_rows:
             self._timer.cancel()  # the batch waiting to fill up is full now
             self._timer = None
             loop.call_soon(self._start, loop)
         return await future
+
+    async def _alone(self, loop: asyncio.AbstractEventLoop, rows: list) -> list[dict]:
+        """The model is idle: this request's call starts now, alone, exactly as with batching off
+        (inline, or in the worker thread from EXECUTOR_MIN_ROWS rows)."""
+        self._busy = True
+        n = len(rows)
+        self._observe(1, n, 0.0)
+        x = np.asarray(rows, dtype=np.float32)
+        if n >= EXECUTOR_MIN_ROWS:
+            future = loop.create_future()
+            batch = [(rows, future, 0.0)]
+            try:
+                self._in_thread(loop, batch, x)
+            except Exception as exc:  # noqa: BLE001 — the executor is shut down: this request's error
+                self._finish(loop, batch, exc)
+            return await future
+        # Whoever reaches the model later in this turn of the event loop queues, and the queue runs
+        # as one call on the loop's next turn (or the model goes idle again).
+        loop.call_soon(self._next, loop)
+        outputs, _ = self._infer(x, (n,))
+        results, bad = self.model.decode(outputs, n)
+        if bad:
+            raise NonFiniteOutput(bad)
+        return results
+
+    def _observe(self, requests: int, rows: int, *waits: float) -> None:
+        self._size_hist.observe(requests)
+        self._rows_hist.observe(rows)
+        observe = self._wait_hist.observe
+        for wait in waits:
+            observe(wait)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run the next batch from the queue (or go idle when nothing is left to run)."""
@@ -108,31 +144,28 @@ class Batcher:
         if not batch:
             self._busy = False
             return
-        now = time.perf_counter()
-        observe = self._wait_hist.observe
-        for _, _, queued in batch:
-            observe(now - queued)
-        self._size_hist.observe(len(batch))
-        self._rows_hist.observe(n)
-        x = np.asarray([row for rows, _, _ in batch for row in rows], dtype=np.float32)
-        sizes = [len(rows) for rows, _, _ in batch]
-        if n * self._row_seconds < THREAD_MIN_SECONDS:
-            # Short: inline. A thread hop costs ≈ 40 µs of CPU (measured) and gains nothing here.
-            try:
-                outcome = self._infer(x, sizes)
-            except Exception as exc:  # noqa: BLE001 — handed to the request below
-                outcome = exc
-            self._finish(loop, batch, outcome)
-            return
         try:
-            running = loop.run_in_executor(None, self._infer, x, sizes)
-        except RuntimeError as exc:  # the executor is shut down (the loop is closing)
-            self._finish(loop, batch, exc)
-            return
-        running.add_done_callback(lambda done: self._finish(loop, batch, done.exception() or done.result()))
+            now = time.perf_counter()
+            self._observe(len(batch), n, *(now - queued for _, _, queued in batch))
+            x = np.asarray([row for rows, _, _ in batch for row in rows], dtype=np.float32)
+            if self._expected_seconds(n) >= THREAD_MIN_SECONDS:
+                self._in_thread(loop, batch, x)
+                return
+            # Short: inline. A thread hop costs ≈ 40 µs of CPU (measured) and gains nothing here.
+            outcome = self._infer(x, [len(rows) for rows, _, _ in batch])
+        except Exception as exc:  # noqa: BLE001 — a batch of one failed, or the call could not start
+            outcome = exc
+        self._finish(loop, batch, outcome)
 
-    def _infer(self, x: np.ndarray, sizes: list[int]) -> tuple[list | None, list | None]:
-        """The batch's outputs, or — when the batched call failed — each request's own outputs or
+    def _expected_seconds(self, rows: int) -> float:
+        return self._one_row + (rows - 1) * self._extra_row
+
+    def _in_thread(self, loop: asyncio.AbstractEventLoop, batch: list, x: np.ndarray) -> None:
+        running = loop.run_in_executor(None, self._infer, x, [len(rows) for rows, _, _ in batch])
+        running.add_done_callback(lambda done: self._finish(loop, batch, _outcome(done)))
+
+    def _infer(self, x: np.ndarray, sizes) -> tuple[list | None, list | None]:
+        """The call's outputs, or — when a batched call failed — each request's own outputs or
         exception. Runs inline or in the worker thread."""
         run = self.model.run
         start = time.perf_counter()
@@ -142,8 +175,13 @@ class Batcher:
             if len(sizes) == 1:
                 raise
         else:
-            # A plain float store: atomic under the GIL, read on the loop's thread.
-            self._row_seconds += ((time.perf_counter() - start) / len(x) - self._row_seconds) * ROW_SECONDS_WEIGHT
+            # Plain float stores (atomic under the GIL), read on the loop's thread.
+            seconds, n = time.perf_counter() - start, len(x)
+            if n == 1:
+                self._one_row += (seconds - self._one_row) * COST_WEIGHT
+            else:
+                extra = max(seconds - self._one_row, 0.0) / (n - 1)
+                self._extra_row += (extra - self._extra_row) * COST_WEIGHT
             return outputs, None
         each, start = [], 0
         for size in sizes:
@@ -155,21 +193,20 @@ class Batcher:
         return None, each
 
     def _finish(self, loop: asyncio.AbstractEventLoop, batch: list, outcome) -> None:
-        """On the loop: give each request its results (or its error), then run what queued meanwhile."""
+        """On the loop: give each request its results (or its error); what queued meanwhile runs on
+        the loop's next turn, after these requests have answered."""
         try:
-            self._hand_out(batch, outcome)
+            if isinstance(outcome, BaseException):  # a batch of one failed, or the call could not start
+                _fail(batch, outcome)
+            else:
+                self._hand_out(batch, *outcome)
         except Exception as exc:  # noqa: BLE001 — never leave a request waiting, nor the queue stuck
-            for _, future, _ in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(batch, exc)
         finally:
-            self._next(loop)
+            loop.call_soon(self._next, loop)
 
-    def _hand_out(self, batch: list, outcome) -> None:
-        if isinstance(outcome, BaseException):  # a batch of one failed: that request's error
-            outputs, each = None, [outcome]
-        else:
-            outputs, each = outcome
+    def _hand_out(self, batch: list, outputs: list | None, each: list | None) -> None:
+        """Each request's slice of the call's outputs (or its own outputs or exception, ``each``)."""
         decode = self.model.decode
         if outputs is not None:
             results, bad = decode(outputs, sum(len(rows) for rows, _, _ in batch))
@@ -187,7 +224,7 @@ class Batcher:
             else:
                 mine, faults = decode(each[i], size)
             start += size
-            if future.done():  # cancelled while its batch ran (deadline): nobody waits for it
+            if future.done():  # cancelled while its call ran (deadline): nobody waits for it
                 continue
             if faults:
                 future.set_exception(NonFiniteOutput(list(faults)))
@@ -195,6 +232,7 @@ class Batcher:
                 future.set_result(mine)
 
     def _next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """After a call: run what queued meanwhile, wait for more (max_batch_delay_us), or go idle."""
         queue = self._queue
         while queue and queue[0][1].done():  # drop what was cancelled while it waited
             self._queued_rows -= len(queue.popleft()[0])
@@ -206,4 +244,17 @@ class Batcher:
             if wait > 0:  # not full: wait for more, up to the oldest request's delay
                 self._timer = loop.call_later(wait, self._start, loop)
                 return
-        loop.call_soon(self._start, loop)
+        self._start(loop)
+
+
+def _outcome(done: asyncio.Future):
+    """What the worker thread's call came to: ``_infer``'s result, or the exception it raised."""
+    if done.cancelled():  # its executor was shut down with the call still queued
+        return RuntimeError("the inference call was cancelled: the service is shutting down")
+    return done.exception() or done.result()
+
+
+def _fail(batch: list, exc: BaseException) -> None:
+    for _, future, _ in batch:
+        if not future.done():
+            future.set_exception(exc)

@@ -31,6 +31,11 @@ KINDS = ("classifier", "regressor")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+# A call of this many rows runs in a worker thread (ONNX Runtime releases the GIL) so the event loop
+# keeps answering other requests; smaller ones run inline, where a thread hop costs more than it saves.
+EXECUTOR_MIN_ROWS = 64
+
+
 class ModelLoadError(Exception):
     """Why one model version could not be loaded (message names the file and the problem)."""
 
@@ -306,13 +311,13 @@ def load_model(folder: Path, max_batch_size: int = 1, max_batch_delay_us: int = 
     model.redis_hits = metrics.cache_hits_total.labels(model=name, tier="redis")
     model.misses = metrics.cache_misses_total.labels(model=name)
     # A warm-up call: the first run() allocates; do it now rather than in a user's request. The
-    # second one's time is the batcher's first estimate of the cost of a row.
+    # second one's time is the batcher's first estimate of what a call of one row costs.
     row = [[min(max(0.0, f.minimum), f.maximum) for f in features]]
     model.predict(row)
     if batch_size > 1:
         start = time.perf_counter()
         model.predict(row)
-        model.batcher = Batcher(model, row_seconds=time.perf_counter() - start)
+        model.batcher = Batcher(model, one_row_seconds=time.perf_counter() - start)
     return model
 
 

@@ -12,14 +12,11 @@ import uuid
 from aiohttp import hdrs, web
 
 from .errors import ApiError
-from .models import Model, NonFiniteOutput
+from .models import EXECUTOR_MIN_ROWS, Model, NonFiniteOutput
 from .repeats import Answer, Repeat
 from .state import ServiceState
 from .validation import check_content_type
 
-# Larger batches run in a worker thread (ONNX Runtime releases the GIL) so the event loop keeps
-# answering other requests; small ones run inline, where a thread hop would cost more than the model.
-EXECUTOR_MIN_ROWS = 64
 JSON_TYPE = "application/json"
 
 

@@ -3,9 +3,10 @@ call, and every request still gets exactly what it would get alone.
 
 To make "a request arrives while an inference is running" certain rather than likely, most tests hold
 the running inference at a gate: the model's real ONNX Runtime session is wrapped so that ``run()``
-waits until the test opens the gate (and counts the rows of each call), and batches are sent to the
-worker thread so that the event loop keeps taking requests meanwhile. The last test uses no gate:
-many clients against a real service process.
+waits until the test opens the gate (and counts the rows of each call). The call held is a large
+request's (EXECUTOR_MIN_ROWS instances: it runs in the worker thread, with or without batching), and
+batched calls are sent to the worker thread too, so the event loop keeps taking requests meanwhile.
+The last test uses no gate: many clients against a real service process.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from service_support import AUTH, IRIS, ServiceProcess, service_env
 from prediction_service import batching
 from prediction_service.app import create_app
 from prediction_service.config import ConfigError, load_settings
-from prediction_service.models import load_models
+from prediction_service.models import EXECUTOR_MIN_ROWS, load_models
 from prediction_service.state import STATE
 from prediction_service.storage import apply_migrations
 
@@ -38,6 +39,11 @@ def instance(i: int, **changes) -> dict:
     """A distinct iris instance per ``i`` (so that every request is a cache miss)."""
     return {**IRIS, "sepal_length": round(4.0 + i * 0.013, 3), "petal_length": round(1.0 + (i % 50) * 0.1, 2),
             **changes}
+
+
+def large(start: int = 1000) -> dict:
+    """A request of EXECUTOR_MIN_ROWS distinct instances: even alone, its call runs in the worker thread."""
+    return {"instances": [instance(start + i) for i in range(EXECUTOR_MIN_ROWS)]}
 
 
 def model_tree(demo_models, tmp_path, name: str = "models", **metadata_by_version) -> object:
@@ -155,12 +161,13 @@ async def test_requests_arriving_during_an_inference_run_as_one_batch(aiohttp_cl
                                                                       tmp_path, in_worker_thread):
     """The first request to the idle model runs alone at once; the ten that arrive while it runs are one
     inference call; every answer equals what batching off answers, on /api/v1 and /v2 alike."""
+    n = EXECUTOR_MIN_ROWS
     app = create_app(make_settings())
     client = await aiohttp_client(app)
     reference = await aiohttp_client(create_app(make_settings(model_path=unbatched_tree(demo_models, tmp_path))))
     session = gate(app)
     before = await batch_metrics(client)
-    first = asyncio.ensure_future(client.post(predict_url(), json=instance(0), headers=AUTH))
+    first = asyncio.ensure_future(client.post(predict_url(), json=large(), headers=AUTH))
     await entered(session)
     queued = [(predict_url(), instance(i)) for i in range(1, 8)]
     queued.append((predict_url(), {"instances": [instance(20), instance(21), instance(22)]}))
@@ -172,20 +179,63 @@ async def test_requests_arriving_during_an_inference_run_as_one_batch(aiohttp_cl
     first_resp = await first
     results = [(first_resp.status, await first_resp.json())] + await pending
 
-    # Two calls: the lone request alone, then everything that queued meanwhile (12 rows) together.
-    assert session.calls == [1, 12]
+    # Two calls: the first request alone, then everything that queued meanwhile (12 rows) together.
+    assert session.calls == [n, 12]
     seen = delta(await batch_metrics(client), before)
     assert (seen["calls"], seen["calls_of_one"], seen["requests"], seen["rows"], seen["waits"]) == \
-        (2, 1, 1 + len(queued), 13, 1 + len(queued))
+        (2, 1, 1 + len(queued), n + 12, 1 + len(queued))
 
-    expected = await post_all(reference, [(predict_url(), instance(0))] + queued)
+    expected = await post_all(reference, [(predict_url(), large())] + queued)
     assert [status for status, _ in results] == [200] * len(expected)
     assert [answer(body) for _, body in results] == [answer(body) for _, body in expected]
     # Each request has its own id and cache entries: asked again, each is answered from the cache.
     assert len({body.get("request_id") for _, body in results[:9]}) == 9
-    again = await post_all(client, [(predict_url(), instance(0))] + queued[:8])
+    again = await post_all(client, [(predict_url(), large())] + queued[:8])
     assert all(body["cached"] for _, body in again)
-    assert session.calls == [1, 12]
+    assert session.calls == [n, 12]
+
+
+async def test_grpc_model_infer_joins_the_same_batches(aiohttp_client, make_settings, in_worker_thread):
+    """gRPC ModelInfer goes through the same prediction path: its requests queued during an inference run
+    in one call with REST's, each answered with its own rows (equal to what REST answers for them)."""
+    import numpy as np
+    import tritonclient.grpc as triton
+    import tritonclient.grpc.aio as triton_aio
+
+    from harness.net import free_port
+
+    port = free_port()
+    app = create_app(make_settings(grpc_port=port))
+    client = await aiohttp_client(app)
+    grpc_client = triton_aio.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        session = gate(app)
+        first = asyncio.ensure_future(client.post(predict_url(), json=large(), headers=AUTH))
+        await entered(session)
+
+        def grpc_infer(instances: list[dict]):
+            x = np.asarray([[row[f] for f in IRIS] for row in instances], np.float32)
+            tensor = triton.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            return grpc_client.infer("iris", [tensor], model_version="1", headers={"x-api-key": AUTH["X-API-Key"]})
+
+        grpc_rows = [[instance(1)], [instance(2), instance(3)]]
+        grpc_calls = [asyncio.ensure_future(grpc_infer(rows)) for rows in grpc_rows]
+        rest = asyncio.ensure_future(post_all(client, [(predict_url(), instance(4))]))
+        await wait_queued(app, 3)
+        session.gate.set()
+        assert (await first).status == 200
+        grpc_results = await asyncio.gather(*grpc_calls)
+        [(status, body)] = await rest
+        assert status == 200
+        assert session.calls == [EXECUTOR_MIN_ROWS, 4]  # both gRPC requests and the REST one: one call
+        # Each gRPC request got its own rows' answers: what REST answers for them.
+        session.calls.clear()
+        for rows, result in zip(grpc_rows, grpc_results):
+            expected = await post_all(client, [(predict_url(), {"instances": rows})])
+            assert result.as_numpy("label").astype(str).tolist() == expected[0][1]["predictions"]
+    finally:
+        await grpc_client.close()
 
 
 async def test_a_lone_request_runs_at_once_and_alone(aiohttp_client, make_settings, demo_models, tmp_path):
@@ -197,8 +247,8 @@ async def test_a_lone_request_runs_at_once_and_alone(aiohttp_client, make_settin
     assert resp.status == 200 and (await resp.json())["predictions"] == ["setosa"]
     seen = delta(await batch_metrics(client), before)
     assert (seen["calls"], seen["calls_of_one"], seen["requests"], seen["rows"], seen["waits"]) == (1, 1, 1, 1, 1)
-    # Its wait is the event loop's next turn, not the 1 s a queued batch may wait to fill up.
-    assert seen["wait_seconds"] < 0.1
+    # It did not queue at all: no wait, not the 1 s a queued batch may wait to fill up.
+    assert seen["wait_seconds"] == 0
 
 
 async def test_a_batch_that_is_not_full_waits_for_more_up_to_the_delay(aiohttp_client, make_settings, demo_models,
@@ -208,7 +258,7 @@ async def test_a_batch_that_is_not_full_waits_for_more_up_to_the_delay(aiohttp_c
     app = create_app(make_settings(model_path=tree))
     client = await aiohttp_client(app)
     session = gate(app)
-    first = asyncio.ensure_future(client.post(predict_url(), json=instance(0), headers=AUTH))
+    first = asyncio.ensure_future(client.post(predict_url(), json=large(), headers=AUTH))
     await entered(session)
     second = asyncio.ensure_future(client.post(predict_url(), json=instance(1), headers=AUTH))
     await wait_queued(app, 1)
@@ -218,7 +268,7 @@ async def test_a_batch_that_is_not_full_waits_for_more_up_to_the_delay(aiohttp_c
     assert not second.done(), "a batch of one row of three ran without waiting for the delay"
     rest = await post_all(client, [(predict_url(), instance(2)), (predict_url(), instance(3))])
     assert (await second).status == 200 and [s for s, _ in rest] == [200, 200]
-    assert session.calls == [1, 3]
+    assert session.calls == [EXECUTOR_MIN_ROWS, 3]
 
 
 async def test_versions_are_never_batched_together(aiohttp_client, make_settings, demo_models, tmp_path,
@@ -231,7 +281,7 @@ async def test_versions_are_never_batched_together(aiohttp_client, make_settings
     before = {v: await batch_metrics(client, version=v) for v in ("1", "2")}
     firsts = []
     for v, session in sessions.items():
-        firsts.append(asyncio.ensure_future(client.post(predict_url(version=v), json=instance(0), headers=AUTH)))
+        firsts.append(asyncio.ensure_future(client.post(predict_url(version=v), json=large(), headers=AUTH)))
         await entered(session)
     queued = [(predict_url(version=v), instance(i)) for i in range(1, 7) for v in ("1", "2")]
     pending = asyncio.ensure_future(post_all(client, queued))
@@ -241,14 +291,14 @@ async def test_versions_are_never_batched_together(aiohttp_client, make_settings
         session.gate.set()
     results = [(r.status, await r.json()) for r in await asyncio.gather(*firsts)] + await pending
 
-    assert sessions["1"].calls == sessions["2"].calls == [1, 6]
-    expected = await post_all(reference, [(predict_url(version=v), instance(0)) for v in ("1", "2")] + queued)
+    assert sessions["1"].calls == sessions["2"].calls == [EXECUTOR_MIN_ROWS, 6]
+    expected = await post_all(reference, [(predict_url(version=v), large()) for v in ("1", "2")] + queued)
     assert [answer(body) for _, body in results] == [answer(body) for _, body in expected]
     # The forest (v1) and the logistic regression (v2) differ: a mixed batch could not have given these.
     assert results[2][1]["probabilities"] != results[3][1]["probabilities"]
     for v in ("1", "2"):
         seen = delta(await batch_metrics(client, version=v), before[v])
-        assert (seen["calls"], seen["rows"]) == (2, 7)
+        assert (seen["calls"], seen["rows"]) == (2, EXECUTOR_MIN_ROWS + 6)
 
 
 async def test_one_requests_bad_row_never_fails_its_neighbours(aiohttp_client, make_settings, demo_models, tmp_path,
@@ -264,7 +314,7 @@ async def test_one_requests_bad_row_never_fails_its_neighbours(aiohttp_client, m
     app = create_app(make_settings(model_path=tree))
     client = await aiohttp_client(app)
     session = gate(app, "wide")
-    first = asyncio.ensure_future(client.post(predict_url("wide"), json=instance(0), headers=AUTH))
+    first = asyncio.ensure_future(client.post(predict_url("wide"), json=large(), headers=AUTH))
     await entered(session)
     queued = [(predict_url("wide"), instance(1)),
               (predict_url("wide"), {"instances": [instance(2), instance(3, petal_length=3e38)]}),
@@ -274,7 +324,7 @@ async def test_one_requests_bad_row_never_fails_its_neighbours(aiohttp_client, m
     session.gate.set()
     assert (await first).status == 200
     (s1, good1), (s2, bad), (s3, good2) = await pending
-    assert session.calls == [1, 4]  # the bad row was computed in the same call as its neighbours
+    assert session.calls == [EXECUTOR_MIN_ROWS, 4]  # the bad row was computed in the same call as its neighbours
     assert (s1, s3) == (200, 200) and len(good1["predictions"]) == len(good2["predictions"]) == 1
     assert s2 == 422 and bad["error"]["code"] == "non_finite_output"
     assert bad["error"]["message"].startswith("instance 1:"), bad
@@ -285,7 +335,7 @@ async def test_a_batch_that_fails_whole_is_rerun_request_by_request(aiohttp_clie
     app = create_app(make_settings())
     client = await aiohttp_client(app)
     session = gate(app, fail_on=42.0)
-    first = asyncio.ensure_future(client.post(predict_url(), json=instance(0), headers=AUTH))
+    first = asyncio.ensure_future(client.post(predict_url(), json=large(), headers=AUTH))
     await entered(session)
     queued = [(predict_url(), instance(1)), (predict_url(), instance(2, petal_width=42.0)),
               (predict_url(), instance(3))]
@@ -294,7 +344,7 @@ async def test_a_batch_that_fails_whole_is_rerun_request_by_request(aiohttp_clie
     session.gate.set()
     assert (await first).status == 200
     (s1, good1), (s2, failed), (s3, good2) = await pending
-    assert session.calls == [1, 3, 1, 1, 1]
+    assert session.calls == [EXECUTOR_MIN_ROWS, 3, 1, 1, 1]
     assert (s1, s3) == (200, 200) and good1["predictions"] and good2["predictions"]
     assert s2 == 500 and failed["error"]["code"] == "internal_error"
 
@@ -306,7 +356,7 @@ async def test_each_request_keeps_its_own_deadline(aiohttp_client, make_settings
     app = create_app(make_settings(request_timeout_seconds=2))
     client = await aiohttp_client(app)
     session = gate(app)
-    first = asyncio.ensure_future(client.post(predict_url(), json=instance(0), headers=AUTH))
+    first = asyncio.ensure_future(client.post(predict_url(), json=large(), headers=AUTH))
     await entered(session)
     early = asyncio.ensure_future(client.post(predict_url(), json=instance(1), headers=AUTH))
     await wait_queued(app, 1)
@@ -321,7 +371,7 @@ async def test_each_request_keeps_its_own_deadline(aiohttp_client, make_settings
     late_resp = await late
     assert late_resp.status == 200, await late_resp.text()
     # The first call's result went to nobody; the early request's row was never computed.
-    assert session.calls == [1, 1]
+    assert session.calls == [EXECUTOR_MIN_ROWS, 1]
     assert (await client.post(predict_url(), json=instance(3), headers=AUTH)).status == 200
 
 
@@ -330,26 +380,29 @@ async def test_each_request_logs_its_own_rows(aiohttp_client, make_settings, fre
     app = create_app(make_settings(timescale_url=fresh_db, db_logging="true", db_flush_interval_seconds=0.1))
     client = await aiohttp_client(app)
     session = gate(app)
-    first = asyncio.ensure_future(client.post(predict_url(), json=instance(0), headers=AUTH))
+    first = asyncio.ensure_future(client.post(predict_url(), json=large(), headers=AUTH))
     await entered(session)
-    queued = [(predict_url(), instance(1)), (predict_url(), {"instances": [instance(2), instance(3)]})]
+    queued = [(predict_url(), instance(1)), (predict_url(), {"instances": [instance(2), instance(3)]}),
+              (predict_url(), instance(4))]
     pending = asyncio.ensure_future(post_all(client, queued))
-    await wait_queued(app, 2)
+    await wait_queued(app, 3)
     session.gate.set()
-    results = [await (await first).json()] + [body for _, body in await pending]
-    assert session.calls == [1, 3]
+    assert (await first).status == 200
+    results = [body for _, body in await pending]
+    assert session.calls == [EXECUTOR_MIN_ROWS, 4]
+    ids = tuple(body["request_id"] for body in results)
     for _ in range(300):
         with psycopg2.connect(fresh_db) as conn, conn.cursor() as cur:
-            cur.execute("SELECT request_id, input, output->>'label' FROM predictions ORDER BY input->>'sepal_length'")
+            cur.execute("SELECT request_id, input, output->>'label' FROM predictions WHERE request_id IN %s "
+                        "ORDER BY input->>'sepal_length'", (ids,))
             rows = cur.fetchall()
         if len(rows) == 4:
             break
         await asyncio.sleep(0.1)
-    assert [(r[0], r[1]) for r in rows] == [(results[0]["request_id"], instance(0)),
-                                            (results[1]["request_id"], instance(1)),
-                                            (results[2]["request_id"], instance(2)),
-                                            (results[2]["request_id"], instance(3))]
-    assert [r[2] for r in rows] == results[0]["predictions"] + results[1]["predictions"] + results[2]["predictions"]
+    # One row per instance, each under its own request's id, with its own answer.
+    assert [(r[0], r[1]) for r in rows] == [(ids[0], instance(1)), (ids[1], instance(2)), (ids[1], instance(3)),
+                                            (ids[2], instance(4))]
+    assert [r[2] for r in rows] == [label for body in results for label in body["predictions"]]
 
 
 def test_batching_settings_come_from_metadata_else_the_service_default(demo_models, tmp_path):
