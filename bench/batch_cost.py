@@ -5,10 +5,17 @@ Loads every ``<model>/<version>`` under MODEL_PATH (default service/models) the 
 32 and 64 rows — in process, no HTTP, the best of several repeats (a shared machine only ever makes
 a call slower). Batching pays when a call of N rows costs much less than N calls of one row: the
 "per row" column against the one-row call. It needs no server and no database.
+
+For each version that batches it also prices the promise that a lone request is not delayed: one
+request of one row to the idle model through its Batcher (what the service does with batching on)
+against ``Model.predict`` (batching off), alternated call by call on one event loop; the median
+difference is the latency batching adds to a request that finds the model idle.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,6 +44,35 @@ def best_call_seconds(model, rows: int, repeats: int, calls: int) -> float:
     return best
 
 
+def lone_request_added_seconds(model, pairs: int = 2000) -> tuple[float, float, float]:
+    """Median, 10th and 90th percentile of (Batcher.predict − Model.predict) for one row to the idle
+    model, the two alternated (order swapped every pair) so that the machine's load hits both alike."""
+    row = [[min(max(0.0, f.minimum), f.maximum) for f in model.features]]
+
+    async def measure() -> list[float]:
+        batcher, clock, diffs = model.batcher, time.perf_counter, []
+        for i in range(pairs):
+            t0 = clock()
+            if i % 2:
+                model.predict(row)
+                t1 = clock()
+                await batcher.predict(row)
+                t2 = clock()
+                diffs.append((t2 - t1) - (t1 - t0))
+            else:
+                await batcher.predict(row)
+                t1 = clock()
+                model.predict(row)
+                t2 = clock()
+                diffs.append((t1 - t0) - (t2 - t1))
+            await asyncio.sleep(0)  # the batcher's end-of-call check runs: the model is idle again
+            assert batcher.queued == 0
+        return diffs
+
+    diffs = sorted(asyncio.run(measure()))
+    return statistics.median(diffs), diffs[len(diffs) // 10], diffs[len(diffs) * 9 // 10]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.batch_cost", description=__doc__.split("\n\n")[0])
     p.add_argument("model_path", nargs="?", type=Path, default=ROOT / "service" / "models")
@@ -59,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(f"{secs * 1e6:10.0f} ({secs * 1e6 / n:7.1f})")
             print(f"{name + ' v' + version:<20} {nodes:>6}  {model.max_batch_size:>14}  " + "  ".join(
                 f"{c:>24}" for c in cells), flush=True)
+    print("\nlone request to the idle model, batching on − off (one row; median [p10–p90] of alternated calls):")
+    for name, versions in sorted(registry.models.items()):
+        for version, model in sorted(versions.items()):
+            if model.batcher is not None:
+                median, lo, hi = lone_request_added_seconds(model)
+                print(f"{name + ' v' + version:<20} {median * 1e6:+7.1f} µs  [{lo * 1e6:+.1f} – {hi * 1e6:+.1f}]",
+                      flush=True)
     return 0
 
 
