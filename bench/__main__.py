@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shared-version", default="auto",
                    help="version for scenario (c-shared), a cache miss on a shared-tier (Redis) version: "
                         "'auto' = the model's first other version with cache tier shared (iris v2); '' = skip")
+    p.add_argument("--heavy-model", default="iris_ensemble",
+                   help="model of the adaptive-batching scenarios (h)/(h-off), whose inference dominates a request "
+                        "(default iris_ensemble, at its default version); '' = skip them")
     p.add_argument("--feature-range", type=_range, default=(0.0, 8.0),
                    help="LO:HI of the random feature values in cache-miss runs (default 0:8)")
     p.add_argument("--output", type=Path, default=ROOT / "bench-results",
@@ -81,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--storage", choices=["auto", "timescaledb", "partitions"], default=_env("BENCH_STORAGE", "auto"),
                    help="the throwaway PostgreSQL of service mode: with TimescaleDB preloaded (hypertables, as "
                         "deployed) or without (native partitions); auto = TimescaleDB when installed (BENCH_STORAGE)")
-    p.add_argument("--profile", choices=["b", "c", "d", "c-shared"], default=None,
+    p.add_argument("--profile", choices=["b", "c", "d", "c-shared", "c-v2"], default=None,
                    help="instead of the benchmark: one run of this scenario with the service under pyinstrument; "
                         "writes bench-results/profile-<scenario>.{txt,html,pyisession}")
     g = p.add_argument_group("gateway mode (issue 5; needs the local environment of `make up`)")
@@ -142,33 +145,62 @@ def run_service_mode(args, log) -> tuple[dict, str]:
         baseline = env.start_baseline()
         logging_on = env.start_service("service-logging-on", PREDICTION_DB_LOGGING="true")
         logging_off = env.start_service("service-logging-off", PREDICTION_DB_LOGGING="false")
-        info = version_info(describe_models(logging_on.url, env.api_key), args.model, args.version)
+        # Issue 19: the deployed configuration with adaptive batching off in every model's metadata.
+        unbatched = env.start_service("service-batching-off", PREDICTION_DB_LOGGING="true",
+                                      PREDICTION_MODEL_PATH=str(env.unbatched_models()))
+        models = describe_models(logging_on.url, env.api_key)
+        info = version_info(models, args.model, args.version)
         features, shared = [f["name"] for f in info["features"]], _shared_version(args, info)
         body = instance_body(features)
         answer = _check(predict_url(logging_on.url, args.model, args.version), env.api_key, body, "service")
         _check(predict_url(baseline.url, args.model, args.version), env.api_key, body, "baseline")
-        log(f"==> {args.model} v{info['version']} (cache tier {info.get('cache_tier')}) takes {features}; "
-            f"sample answer: {json.dumps(answer)[:160]}")
+        log(f"==> {args.model} v{info['version']} (cache tier {info.get('cache_tier')}, max_batch_size "
+            f"{info.get('max_batch_size')}) takes {features}; sample answer: {json.dumps(answer)[:160]}")
         _check(v2_url(logging_on.url, args.model, args.version), env.api_key, v2_body(features), "service (V2)")
+        _check(predict_url(unbatched.url, args.model, args.version), env.api_key, body, "service, batching off")
         if shared:
             _check(predict_url(logging_on.url, args.model, shared), env.api_key, body, "service (shared tier)")
             log(f"==> (c-shared): {args.model} v{shared}, cache tier shared")
+        heavy = _heavy_model(args, models, features, (logging_on, unbatched), env.api_key, log)
         on = combine(metrics_probe(logging_on.url, args.model), cpu_probe(logging_on.proc.pid))
+        probes = {"a": cpu_probe(baseline.proc.pid), "b": on, "b-v2": on, "c": on, "c-shared": on, "c-v2": on,
+                  "d": combine(metrics_probe(logging_off.url, args.model), cpu_probe(logging_off.proc.pid)),
+                  "c-off": combine(metrics_probe(unbatched.url, args.model), cpu_probe(unbatched.proc.pid))}
+        if heavy:
+            probes["h"] = combine(metrics_probe(logging_on.url, heavy), cpu_probe(logging_on.proc.pid))
+            probes["h-off"] = combine(metrics_probe(unbatched.url, heavy), cpu_probe(unbatched.proc.pid))
         plan = service_plan(
             baseline_url=baseline.url, logging_url=logging_on.url, nolog_url=logging_off.url, api_key=env.api_key,
             model=args.model, version=args.version, features=features, feature_range=args.feature_range,
             connections=args.connections, threads=args.threads, tier=str(info.get("cache_tier")),
-            shared_version=shared,
-            probes={"a": cpu_probe(baseline.proc.pid), "b": on, "b-v2": on, "c": on, "c-shared": on,
-                    "d": combine(metrics_probe(logging_off.url, args.model), cpu_probe(logging_off.proc.pid))})
+            shared_version=shared, unbatched_url=unbatched.url, heavy_model=heavy, probes=probes)
         _announce(plan, args, log, service_cpus, wrk_cpus)
         runs = interleave(plan.targets, plan.pairs, args.pairs, args.duration, args.warmup, cpus=wrk_cpus, log=log)
         rows = env.db_rows()
     settings = _settings(args, service_cpus, wrk_cpus)
     extra = {"model": {"name": args.model, "version": info["version"], "cache_tier": info.get("cache_tier"),
-                       "shared_version": shared, "features": features},
+                       "max_batch_size": info.get("max_batch_size"), "shared_version": shared, "features": features,
+                       "heavy_model": heavy},
              "database": {"predictions_rows_at_end": rows, "storage": args.storage}}
     return report.build_results(plan, runs, settings, extra), "bench"
+
+
+def _heavy_model(args, models: dict, features: list[str], services, api_key: str, log) -> str | None:
+    """The model of scenarios (h)/(h-off), checked to answer on both services; None to skip them."""
+    from .environment import version_info
+    if not args.heavy_model:
+        return None
+    info = version_info(models, args.heavy_model, None)
+    heavy_features = [f["name"] for f in info["features"]]
+    if heavy_features != features:
+        raise BenchError(f"--heavy-model {args.heavy_model} takes {heavy_features}, not {features}: the scenarios "
+                         "send the same random instances")
+    if info.get("max_batch_size", 1) <= 1:
+        raise BenchError(f"--heavy-model {args.heavy_model} has adaptive batching off (max_batch_size 1)")
+    for svc, what in zip(services, ("heavy model", "heavy model, batching off")):
+        _check(predict_url(svc.url, args.heavy_model, None), api_key, instance_body(features), what)
+    log(f"==> (h): {args.heavy_model} v{info['version']}, max_batch_size {info['max_batch_size']}")
+    return args.heavy_model
 
 
 def _shared_version(args, info: dict) -> str | None:

@@ -10,9 +10,11 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -122,6 +124,10 @@ def metrics_probe(base_url: str, model: str):
                 add(short[:-len("_total")], value)
             elif short == "requests_rejected_total":
                 add("rejected", value)
+            elif short == "batch_requests_count" and labels.get("model") == model:
+                add("batch_calls", value)
+            elif short == "batch_requests_sum" and labels.get("model") == model:
+                add("batch_requests", value)
             elif short == "requests_total" and labels.get("endpoint", "").endswith(("/predict", "/infer")):
                 add("responses_2xx" if labels.get("status", "").startswith("2") else "responses_not_2xx", value)
         return acc
@@ -157,6 +163,7 @@ class ServiceEnvironment:
     postgres: PostgresServer | None = None
     redis: RedisServer | None = None
     processes: list[Process] = field(default_factory=list)
+    _tmpdirs: list[Path] = field(default_factory=list)
 
     def __enter__(self) -> "ServiceEnvironment":
         self.logdir.mkdir(parents=True, exist_ok=True)
@@ -269,6 +276,20 @@ class ServiceEnvironment:
         return self._spawn("baseline", argv + (["--model-dir", str(model_dir)] if model_dir else []),
                            env, port, "/health")
 
+    def unbatched_models(self) -> Path:
+        """The model folder with adaptive batching off in every version's metadata (``max_batch_size``
+        1; the ONNX files linked, not copied): the "before" of issue 19's batching scenarios."""
+        root = Path(tempfile.mkdtemp(prefix="bench-unbatched-models-"))
+        self._tmpdirs.append(root)
+        for meta_path in sorted(self.model_path.glob("*/*/metadata.json")):
+            folder = root / meta_path.parent.relative_to(self.model_path)
+            folder.mkdir(parents=True)
+            meta = json.loads(meta_path.read_text())
+            meta["max_batch_size"] = 1
+            (folder / "metadata.json").write_text(json.dumps(meta))
+            (folder / "model.onnx").symlink_to((meta_path.parent / "model.onnx").resolve())
+        return root
+
     def start_process(self, name: str, argv: list[str], env: dict[str, str], port: int, ready_path: str,
                       ready_timeout: float = 90.0) -> Process:
         """Any other server (bench/peers): started pinned like the service, stopped with the rest;
@@ -299,6 +320,9 @@ class ServiceEnvironment:
         if self.postgres is not None:
             self.postgres.destroy()
             self.postgres = None
+        for tmp in self._tmpdirs:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._tmpdirs.clear()
 
 
 def describe_models(base_url: str, api_key: str, insecure_tls: bool = False) -> dict:

@@ -30,7 +30,7 @@ def build_results(plan: Plan, runs: list[Run], settings: dict, extra: dict | Non
         name = plan.pair_name(pair)
         ratios[name] = {**ratio_summary(pair_ratios(runs, pair)), "label": plan.ratio_labels.get(name, name),
                         "how": "candidate / the baseline run right before it, per round"}
-        scenarios[pair.candidate]["ratio"] = name
+        scenarios[pair.candidate].setdefault("ratio", name)  # the table shows its first baseline
         cb, cc = (scenarios[k]["server_cpu_us_per_request"] for k in (pair.baseline, pair.candidate))
         # What the req/s ratio would be if the server's CPU were the only limit (a quiet machine).
         ratios[name]["cpu_estimate"] = cb / cc if cb and cc else None
@@ -87,13 +87,20 @@ def _rows(results: dict) -> list[list[str]]:
             f"{lat['50']:.2f}", f"{lat['95']:.2f}", f"{lat['99']:.2f}", str(s["error_count"]),
             _cache_text(s.get("probe", {})),
             f"{s['server_cpu_us_per_request']:.0f}" if s.get("server_cpu_us_per_request") else "-",
+            _batch_text(s.get("probe", {})),
             _ratio_for(results, key),
         ])
     return rows
 
 
+def _batch_text(probe: dict) -> str:
+    """Requests per inference call under adaptive batching (from /metrics), or '-' when it is off."""
+    calls = probe.get("batch_calls", 0.0)
+    return f"{probe.get('batch_requests', 0.0) / calls:.1f}" if calls else "-"
+
+
 HEADER = ["scenario", "req/s (median)", "req/s min–max", "p50 ms", "p95 ms", "p99 ms", "errors",
-          "cache hits", "server CPU µs/req", "ratio vs baseline: median [min–max]"]
+          "cache hits", "server CPU µs/req", "requests per inference call", "ratio vs baseline: median [min–max]"]
 
 
 def _goal_line(g: dict) -> str:
@@ -110,7 +117,7 @@ def _goal_line(g: dict) -> str:
 def console(results: dict) -> str:
     rows = [HEADER] + _rows(results)
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    right = {1, 2, 3, 4, 5, 6, 7, 8}
+    right = {1, 2, 3, 4, 5, 6, 7, 8, 9}
     lines = []
     for n, r in enumerate(rows):
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
@@ -140,7 +147,7 @@ def markdown(results: dict) -> str:
            + (f", service pinned to CPU {st['service_cpus']}, wrk to CPU {st['wrk_cpus']}"
               if st.get("service_cpus") is not None else "") + ".", ""]
     out.append("| " + " | ".join(HEADER) + " |")
-    out.append("|" + "|".join(["---"] + ["---:"] * 8 + ["---"]) + "|")
+    out.append("|" + "|".join(["---"] + ["---:"] * 9 + ["---"]) + "|")
     out += ["| " + " | ".join(r) + " |" for r in _rows(results)]
     out.append("")
     out.append("| ratio | median | spread (min–max) | CPU-cost estimate |")

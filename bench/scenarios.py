@@ -7,7 +7,11 @@ Two modes share the runner and the report:
   configuration (the model's own cache tier: iris v1 is "local", so a miss never asks Redis),
   (d) as (c) with DB logging off, and (c-shared) as (c) on a version whose cache tier is
   "shared" (iris v2), so the cost of the Redis tier (MGET on a miss, background SET) shows;
-  (b-v2) the instance of (b) through the Open Inference Protocol (/v2 infer), paired with (b).
+  (b-v2) the instance of (b) through the Open Inference Protocol (/v2 infer), paired with (b);
+  (c-v2) the cache miss of (c) through /v2 infer, paired with (c) (issue 19 item 4).
+- ``service`` adaptive batching (issue 19): the same scenarios on a service whose model metadata
+  all say batching off — (c-off) against (c); and a heavy model (h) at 32 connections and at 1
+  connection against (h-off), the same on the batching-off service.
 - ``gateway`` (issue 5): the same predict request through nginx TLS (https://localhost:8443)
   against one instance reached directly, at 16 and 64 connections.
 """
@@ -42,6 +46,12 @@ def v2_body(features: list[str], value: float = 1.0) -> str:
 def random_template(features: list[str]) -> str:
     """The same body with a ``@i@`` marker where random.lua writes the i-th feature value."""
     return "{" + ",".join(f'{json.dumps(name)}:@{i}@' for i, name in enumerate(features)) + "}"
+
+
+def v2_random_template(features: list[str]) -> str:
+    """:func:`random_template`'s instance as a V2 inference request (one [1, n] FP32 tensor)."""
+    data = ",".join(f"@{i}@" for i in range(len(features)))
+    return ('{"inputs":[{"name":"' + V2_INPUT + f'","shape":[1,{len(features)}],"datatype":"FP32","data":[{data}]}}]}}')
 
 
 def predict_url(base: str, model: str, version: str | None) -> str:
@@ -92,6 +102,11 @@ def _errors(keys: list[str]) -> Callable[[dict], float]:
     return lambda res: float(sum(res["scenarios"][k]["error_count"] for k in keys))
 
 
+def _latency_difference(key: str, baseline: str, pct: str) -> Callable[[dict], float]:
+    return lambda res: (res["scenarios"][key]["latency_ms_median"][pct]
+                        - res["scenarios"][baseline]["latency_ms_median"][pct])
+
+
 @dataclass
 class Plan:
     """Targets to hammer, how they pair up, extra ratios between rounds, and the goals."""
@@ -128,26 +143,50 @@ SERVICE_SCENARIOS = {
     "c-shared": ("(c-shared) as (c), shared tier: Redis + DB logging ({shared})",
                  "Like (c) on a model version whose cache tier is 'shared' ({shared}): every miss also does a "
                  "Redis MGET (merged per event-loop tick) and a background Redis SET (coalesced per 50 ms)."),
+    "c-v2": ("(c-v2) V2 infer, cache miss",
+             "The miss of (c) as an Open Inference Protocol request (a new random instance as one [1, n] FP32 "
+             "JSON tensor) to /v2/models/<model>/infer on the same service: (c-v2)/(c) is the protocol's cost "
+             "on the miss path (issue 19)."),
+    "c-off": ("(c-off) as (c), adaptive batching off",
+              "Like (c) on a service whose model metadata all say max_batch_size 1: every miss runs its own "
+              "inference call, as before issue 19. (c)/(c-off) is what batching does to the reference model."),
 }
+
+# Adaptive batching's heavy model (issue 19): at these connection counts, on and off.
+BATCHING_SCENARIOS = {
+    "h": ("(h) heavy model {heavy}, cache miss, batching on",
+          "A new random instance per request to {heavy}, whose inference dominates a request and whose "
+          "metadata turns adaptive batching on: misses that arrive while an inference runs are one call."),
+    "h-off": ("(h-off) as (h), batching off",
+              "Like (h) on the service with batching off: one inference call per request."),
+}
+HEAVY_CONNECTIONS = (32, 1)
 
 
 def service_plan(*, baseline_url: str, logging_url: str, nolog_url: str, api_key: str, model: str,
                  version: str | None, features: list[str], feature_range: tuple[float, float],
                  connections: list[int], threads: int,
                  probes: dict[str, Callable[[], dict[str, float]]] | None = None,
-                 tier: str = "?", shared_version: str | None = None) -> Plan:
-    """Scenarios (a)–(d), plus (c-shared) when ``shared_version`` is given, at each connection
-    count; goals at every count measured. ``tier``: the cache tier of the benchmarked version."""
+                 tier: str = "?", shared_version: str | None = None,
+                 unbatched_url: str | None = None, heavy_model: str | None = None) -> Plan:
+    """Scenarios (a)–(d) and (c-v2), plus (c-shared) when ``shared_version`` is given, at each
+    connection count; goals at every count measured. ``tier``: the cache tier of the benchmarked
+    version. With ``unbatched_url`` (the same service with batching off): (c-off), and with
+    ``heavy_model`` the adaptive-batching scenarios (h)/(h-off) at HEAVY_CONNECTIONS."""
     probes = probes or {}
     fixed = ["fixed", [api_key, instance_body(features)]]
     fixed_v2 = ["fixed", [api_key, v2_body(features)]]
     lo, hi = feature_range
-    rand = ["random", [api_key, random_template(features), *[f"{lo:g}:{hi:g}"] * len(features)]]
+    ranges = [f"{lo:g}:{hi:g}"] * len(features)
+    rand = ["random", [api_key, random_template(features), *ranges]]
+    rand_v2 = ["random", [api_key, v2_random_template(features), *ranges]]
     where = {"a": (baseline_url, fixed, version), "b": (logging_url, fixed, version),
              "b-v2": (logging_url, fixed_v2, version),
              "c": (logging_url, rand, version), "d": (nolog_url, rand, version),
-             "c-shared": (logging_url, rand, shared_version)}
-    scenarios = {s: v for s, v in SERVICE_SCENARIOS.items() if s != "c-shared" or shared_version}
+             "c-shared": (logging_url, rand, shared_version), "c-v2": (logging_url, rand_v2, version),
+             "c-off": (unbatched_url, rand, version)}
+    scenarios = {s: v for s, v in SERVICE_SCENARIOS.items()
+                 if (s != "c-shared" or shared_version) and (s != "c-off" or unbatched_url)}
     fill = {"tier": tier, "shared": f"{model} v{shared_version}"}
     targets: dict[str, Target] = {}
     pairs: list[Pair] = []
@@ -160,17 +199,22 @@ def service_plan(*, baseline_url: str, logging_url: str, nolog_url: str, api_key
         for s, (label, desc) in scenarios.items():
             base, (script, args), v = where[s]
             targets[k[s]] = Target(key=k[s], label=label.format(**fill) + (f" @{conns}" if many else ""),
-                                   url=(v2_url if s == "b-v2" else predict_url)(base, model, v),
+                                   url=(v2_url if s in ("b-v2", "c-v2") else predict_url)(base, model, v),
                                    script=script, script_args=list(args),
                                    connections=conns, threads=threads, description=desc.format(**fill),
                                    probe=probes.get(s))
         for s in scenarios:
-            if s not in ("a", "b-v2"):
+            if s not in ("a", "b-v2", "c-v2", "c-off"):
                 pairs.append(Pair(k[s], k["a"]))
         pairs.append(Pair(k["b-v2"], k["b"]))  # V2 against /api/v1 itself, the run right before it
+        pairs.append(Pair(k["c-v2"], k["c"]))  # ... and on the miss path
+        if "c-off" in k:
+            pairs.append(Pair(k["c"], k["c-off"]))  # batching on (as deployed) against off
+            labels[f"{k['c']}/{k['c-off']}"] = "(c)/(c-off) reference model, batching on vs off"
         extra.append((f"{k['c']}/{k['d']}", k["c"], k["d"]))
         labels.update({f"{k['b']}/{k['a']}": "(b)/(a) cache hit vs ceiling",
                        f"{k['b-v2']}/{k['b']}": "(b-v2)/(b) V2 infer vs /api/v1 predict, cache hit",
+                       f"{k['c-v2']}/{k['c']}": "(c-v2)/(c) V2 infer vs /api/v1 predict, cache miss",
                        f"{k['c']}/{k['a']}": "(c)/(a) cache miss vs ceiling",
                        f"{k['d']}/{k['a']}": "(d)/(a) no DB logging vs ceiling",
                        f"{k['c']}/{k['d']}": "(c)/(d) cost of DB logging"})
@@ -186,13 +230,47 @@ def service_plan(*, baseline_url: str, logging_url: str, nolog_url: str, api_key
                  basis="median of per-round ratios"),
             Goal(f"(b-v2)/(b) >= 0.9{at} (V2 costs < 10% over /api/v1)", _ratio(f"{k['b-v2']}/{k['b']}"), 0.9, True,
                  basis="median ratio"),
+            Goal(f"(c-v2)/(c) >= 0.9{at} (V2 miss path within 10% of /api/v1's)", _ratio(f"{k['c-v2']}/{k['c']}"),
+                 0.9, True, basis="median ratio"),
         ]
+        if "c-off" in k:
+            # "No slower than today": today is batching off; 0.95 leaves this machine's noise room.
+            goals.append(Goal(f"(c)/(c-off) >= 0.95{at} (reference model no slower with batching)",
+                              _ratio(f"{k['c']}/{k['c-off']}"), 0.95, True, basis="median ratio"))
         for s in ("b", "b-v2", "c", "d"):
             goals.append(Goal(f"p99 of ({s}) < 20 ms{at}", _latency(k[s], "99"), 20.0, False, "ms",
                               basis="median over runs"))
         goals.append(Goal(f"zero errors{at}", _errors([k[s] for s in scenarios]), 0.0, False,
                           basis="HTTP errors + socket errors, all measured runs", must_be_zero=True))
+    if heavy_model and unbatched_url:
+        _heavy_scenarios(targets, pairs, goals, labels, logging_url=logging_url, unbatched_url=unbatched_url,
+                         heavy_model=heavy_model, rand=rand, threads=threads, probes=probes)
     return Plan("service", targets, pairs, extra, goals, labels)
+
+
+def _heavy_scenarios(targets, pairs, goals, labels, *, logging_url, unbatched_url, heavy_model, rand, threads,
+                     probes) -> None:
+    """(h) against (h-off) at each of HEAVY_CONNECTIONS, and issue 19's goals for them."""
+    keys = []
+    for conns in HEAVY_CONNECTIONS:
+        for s, base in (("h", logging_url), ("h-off", unbatched_url)):
+            label, desc = BATCHING_SCENARIOS[s]
+            key = f"{s}@{conns}"
+            keys.append(key)
+            targets[key] = Target(key=key, label=label.format(heavy=heavy_model) + f" @{conns}",
+                                  url=predict_url(base, heavy_model, None), script=rand[0],
+                                  script_args=list(rand[1]), connections=conns, threads=min(threads, conns),
+                                  description=desc.format(heavy=heavy_model), probe=probes.get(s))
+        pairs.append(Pair(f"h@{conns}", f"h-off@{conns}"))
+        labels[f"h@{conns}/h-off@{conns}"] = f"(h)/(h-off) heavy model, batching on vs off @{conns}"
+    load, lone = HEAVY_CONNECTIONS
+    goals.append(Goal(f"(h)/(h-off) >= 3 at {load} connections (batching triples the heavy model's throughput)",
+                      _ratio(f"h@{load}/h-off@{load}"), 3.0, True, basis="median ratio"))
+    goals.append(Goal(f"p50 of (h) - p50 of (h-off) < 0.2 ms at {lone} connection (a lone request is not delayed)",
+                      _latency_difference(f"h@{lone}", f"h-off@{lone}", "50"), 0.2, False, "ms",
+                      basis="difference of the medians over runs"))
+    goals.append(Goal("zero errors in (h), (h-off)", _errors(keys), 0.0, False,
+                      basis="HTTP errors + socket errors, all measured runs", must_be_zero=True))
 
 
 # --- gateway mode (issue 5 "Benchmark through the gateway") ---------------------------------------

@@ -74,7 +74,8 @@ async def _mark_shutting_down(app: web.Application) -> None:
 def create_app(settings: Settings, registry: ModelRegistry | None = None) -> web.Application:
     """Build the application; models are loaded now (or passed in), network clients on start-up."""
     if registry is None:
-        registry = load_models(settings.model_path)
+        registry = load_models(settings.model_path, settings.default_max_batch_size,
+                               settings.default_max_batch_delay_us)
     app = web.Application(middlewares=[service_middleware],
                           client_max_size=settings.max_body_bytes)
     documents = {via: json.dumps(build_openapi(registry, settings.max_batch, settings.max_body_bytes,

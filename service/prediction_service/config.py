@@ -19,6 +19,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).
 MIN_JWT_SECRET_BYTES = 32
 MIN_API_KEY_CHARS = 16
+# Bounds of the adaptive-batching settings: the service-wide defaults here, and each model version's
+# max_batch_size / max_batch_delay_us in its metadata.json (models.py).
+MAX_BATCH_SIZE_LIMIT = 10_000
+MAX_BATCH_DELAY_US_LIMIT = 1_000_000
 
 
 class ConfigError(ValueError):
@@ -53,6 +57,10 @@ class Settings:
     db_queue_max: int = 100000
     db_flush_interval_seconds: float = 0.5
     retention_days: int = 30
+    # Adaptive batching (batching.py): the defaults of a model version's max_batch_size and
+    # max_batch_delay_us where its metadata.json sets none. 1 = batching off.
+    default_max_batch_size: int = 1
+    default_max_batch_delay_us: int = 0
 
     def __repr__(self) -> str:  # secrets never reach logs or tracebacks
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -181,6 +189,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "db_queue_max": _int_between(1),
     "db_flush_interval_seconds": _positive_float,
     "retention_days": _int_between(1),
+    "default_max_batch_size": _int_between(1, MAX_BATCH_SIZE_LIMIT),
+    "default_max_batch_delay_us": _int_between(0, MAX_BATCH_DELAY_US_LIMIT),
 }
 
 

@@ -49,6 +49,22 @@ inference_duration_seconds = Histogram(
     f"{NS}_inference_duration_seconds", "Time spent in ONNX Runtime per model call, in seconds.",
     ["model", "version"], buckets=INFERENCE_BUCKETS)
 
+# Adaptive batching (batching.py), for model versions with max_batch_size > 1: observed on the
+# event loop's thread, once per inference call (sizes) or per request (queue wait).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+QUEUE_WAIT_BUCKETS = (0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                      0.1, 0.25, 1.0)
+batch_requests = LoopHistogram(
+    f"{NS}_batch_requests", "Requests served by one inference call under adaptive batching (1: the request ran alone).",
+    ["model", "version"], buckets=BATCH_BUCKETS)
+batch_rows = LoopHistogram(
+    f"{NS}_batch_rows", "Instances (rows) in one inference call under adaptive batching, at most the version's "
+    "max_batch_size (a larger request runs alone).", ["model", "version"], buckets=BATCH_BUCKETS)
+batch_queue_wait_seconds = LoopHistogram(
+    f"{NS}_batch_queue_wait_seconds", "Time a request's cache misses waited in the batching queue before their "
+    "inference call started (about 0 when the model was idle), in seconds.", ["model", "version"],
+    buckets=QUEUE_WAIT_BUCKETS)
+
 db_write_queue_rows = Gauge(
     f"{NS}_db_write_queue_rows", "Prediction rows waiting in memory to be written to the database.")
 db_rows_written_total = Counter(

@@ -4,6 +4,7 @@ Each version gets one ONNX Runtime session, created at start-up and reused by ev
 (``run()`` is thread-safe and releases the GIL). One intra-op thread and no spinning: the service
 runs one process per instance and several instances may share the host's cores.
 A version that fails to load is reported by name (log, metric, /ready) and the others are served.
+A version whose ``max_batch_size`` is above 1 gets a :class:`~.batching.Batcher` (adaptive batching).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import metrics
+from .config import MAX_BATCH_DELAY_US_LIMIT, MAX_BATCH_SIZE_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,11 @@ FEATURE_TYPES = ("number", "integer")
 KINDS = ("classifier", "regressor")
 # Inputs are float32 tensors: a finite float64 beyond this would become inf inside the model.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+# A call of this many rows runs in a worker thread (ONNX Runtime releases the GIL) so the event loop
+# keeps answering other requests; smaller ones run inline, where a thread hop costs more than it saves.
+EXECUTOR_MIN_ROWS = 64
 
 
 class ModelLoadError(Exception):
@@ -64,6 +71,9 @@ class Model:
     description: str
     is_default: bool
     session: ort.InferenceSession = field(repr=False)
+    max_batch_size: int = 1  # rows per inference call under adaptive batching; 1 = off
+    max_batch_delay_us: int = 0  # how long a queued batch may wait to fill up (batching.py)
+    batcher: object = field(default=None, repr=False)  # batching.Batcher when max_batch_size > 1
     input_name: str = ""
     feature_index: dict[str, int] = field(default_factory=dict)
     bounds: tuple[tuple[float, float], ...] = ()  # (minimum, maximum) per feature, in feature order
@@ -83,20 +93,33 @@ class Model:
                 "features": [{"name": f.name, "type": f.type, "minimum": f.minimum, "maximum": f.maximum}
                              for f in self.features],
                 "labels": list(self.labels), "cache": self.cache,
-                "cache_tier": "shared" if self.shared_cache else "local" if self.cache else "off"}
+                "cache_tier": "shared" if self.shared_cache else "local" if self.cache else "off",
+                "max_batch_size": self.max_batch_size, "max_batch_delay_us": self.max_batch_delay_us}
 
     def predict(self, rows: list[list[float]]) -> list[dict]:
         """Run the model on validated feature rows; one result dict per row.
 
         Classifier result: ``{"label": str, "probabilities": {label: p}}``; regressor: ``{"value": float}``.
+        Raises :class:`NonFiniteOutput` naming the rows the model has no finite output for.
         """
-        x = np.asarray(rows, dtype=np.float32)
+        results, bad = self.decode(self.run(np.asarray(rows, dtype=np.float32)), len(rows))
+        if bad:
+            raise NonFiniteOutput(bad)
+        return results
+
+    def run(self, x: np.ndarray) -> list:
+        """ONNX Runtime on a float32 ``[n, features]`` array: the raw outputs. Safe in a worker thread."""
         start = time.perf_counter()  # not Histogram.time(): its context manager costs more than this
         outputs = self.session.run(None, {self.input_name: x})
         self._inference_hist.observe(time.perf_counter() - start)
+        return outputs
+
+    def decode(self, outputs: list, n: int) -> tuple[list, list[int]]:
+        """The result dict of each of the ``n`` rows from :meth:`run`'s outputs, and the rows the model
+        gave no finite output for (their result is None): one row's overflow is that row's alone."""
         if self.kind == "classifier":
             label_idx, proba = outputs[0], outputs[1]
-            _check_finite(proba)
+            bad = _non_finite_rows(proba)
             labels = self.labels
             n_labels = len(labels)
             out = []
@@ -105,19 +128,23 @@ class Model:
             for i, p in zip(label_idx.tolist(), proba.tolist()):
                 label = labels[i] if isinstance(i, int) and 0 <= i < n_labels else str(i)
                 out.append({"label": label, "probabilities": {k: round(v, 6) for k, v in zip(labels, p)}})
-            return out
-        values = outputs[0].reshape(len(rows), -1)[:, 0]
-        _check_finite(values)
-        return [{"value": float(str(v))} for v in values]
+        else:
+            values = outputs[0].reshape(n, -1)[:, 0]
+            bad = _non_finite_rows(values)
+            out = [{"value": float(str(v))} for v in values]
+        for i in bad:
+            out[i] = None
+        return out, bad
 
 
-def _check_finite(array: np.ndarray) -> None:
+def _non_finite_rows(array: np.ndarray) -> list[int]:
     # A model fed values far outside its training range can overflow float32 (NaN, inf): that is
     # no prediction, and JSON would carry it as null. One vectorised test costs ~1 µs per call.
     # count_nonzero rather than .all(): the same test without .all()'s Python wrapper (≈ 1 µs less).
-    if np.count_nonzero(np.isfinite(array)) != array.size:
-        bad = ~np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1)
-        raise NonFiniteOutput(np.flatnonzero(bad).tolist())
+    if np.count_nonzero(np.isfinite(array)) == array.size:
+        return []
+    bad = ~np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1)
+    return np.flatnonzero(bad).tolist()
 
 
 @dataclass
@@ -223,6 +250,13 @@ def _cache_mode(meta: dict, where: str) -> str:
     return cache_mode
 
 
+def _batch_setting(meta: dict, key: str, default: int, lowest: int, highest: int, where: str) -> int:
+    value = meta.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
+        raise ModelLoadError(f"{where}: {key} must be an integer from {lowest} to {highest}, got {value!r}")
+    return value
+
+
 def _open_session(onnx_path: Path, kind: str, n_features: int) -> ort.InferenceSession:
     """The ONNX Runtime session, checked to take one float tensor of ``n_features`` (and, for a
     classifier, to output labels and a float probability tensor)."""
@@ -248,19 +282,27 @@ def _open_session(onnx_path: Path, kind: str, n_features: int) -> ort.InferenceS
     return session
 
 
-def load_model(folder: Path) -> Model:
-    """Load one ``<name>/<version>`` folder; raise ModelLoadError saying what is wrong."""
+def load_model(folder: Path, max_batch_size: int = 1, max_batch_delay_us: int = 0) -> Model:
+    """Load one ``<name>/<version>`` folder; raise ModelLoadError saying what is wrong.
+
+    ``max_batch_size`` / ``max_batch_delay_us``: the service-wide defaults of the metadata fields.
+    """
+    from .batching import Batcher  # batching.py builds on Model: imported here, not at the top
+
     name, version = folder.parent.name, folder.name
     meta = _read_metadata(folder)
     where = str(folder / "metadata.json")
     features = _parse_features(meta.get("features"), where)
     cache_mode = _cache_mode(meta, where)
+    batch_size = _batch_setting(meta, "max_batch_size", max_batch_size, 1, MAX_BATCH_SIZE_LIMIT, where)
+    batch_delay = _batch_setting(meta, "max_batch_delay_us", max_batch_delay_us, 0, MAX_BATCH_DELAY_US_LIMIT, where)
     session = _open_session(folder / "model.onnx", meta["kind"], len(features))
     model = Model(name=name, version=version, kind=meta["kind"], features=features,
                   labels=tuple(str(label) for label in meta.get("labels") or []), cache=cache_mode != "off",
                   shared_cache=cache_mode == "shared",
                   description=str(meta.get("description", "")),
                   is_default=meta.get("default", False), session=session,
+                  max_batch_size=batch_size, max_batch_delay_us=batch_delay,
                   input_name=session.get_inputs()[0].name,
                   feature_index={f.name: i for i, f in enumerate(features)},
                   bounds=tuple((f.minimum, f.maximum) for f in features))
@@ -268,13 +310,22 @@ def load_model(folder: Path) -> Model:
     model.local_hits = metrics.cache_hits_total.labels(model=name, tier="local")
     model.redis_hits = metrics.cache_hits_total.labels(model=name, tier="redis")
     model.misses = metrics.cache_misses_total.labels(model=name)
-    # One warm-up call: the first run() allocates; do it now rather than in a user's request.
-    model.predict([[min(max(0.0, f.minimum), f.maximum) for f in features]])
+    # A warm-up call: the first run() allocates; do it now rather than in a user's request. The
+    # second one's time is the batcher's first estimate of what a call of one row costs.
+    row = [[min(max(0.0, f.minimum), f.maximum) for f in features]]
+    model.predict(row)
+    if batch_size > 1:
+        start = time.perf_counter()
+        model.predict(row)
+        model.batcher = Batcher(model, one_row_seconds=time.perf_counter() - start)
     return model
 
 
-def load_models(model_path: Path) -> ModelRegistry:
-    """Load every ``<name>/<version>`` folder under ``model_path``; failures are logged and kept."""
+def load_models(model_path: Path, max_batch_size: int = 1, max_batch_delay_us: int = 0) -> ModelRegistry:
+    """Load every ``<name>/<version>`` folder under ``model_path``; failures are logged and kept.
+
+    ``max_batch_size`` / ``max_batch_delay_us``: the defaults of versions whose metadata sets none.
+    """
     registry = ModelRegistry()
     folders = sorted(p for p in model_path.glob("*/*") if p.is_dir() and not p.name.startswith("."))
     for folder in folders:
@@ -284,15 +335,16 @@ def load_models(model_path: Path) -> ModelRegistry:
         try:
             if not NAME_RE.match(name) or not NAME_RE.match(version):
                 raise ModelLoadError(f"folder {name}/{version}: names may use letters, digits, '_', '.', '-'")
-            model = load_model(folder)
+            model = load_model(folder, max_batch_size, max_batch_delay_us)
         except ModelLoadError as exc:
             log.error("model %s version %s not loaded: %s", name, version, exc)
             metrics.model_load_failures_total.labels(model=name).inc()
             registry.failures.append({"model": name, "version": version, "error": str(exc)})
             continue
         registry.models.setdefault(name, {})[version] = model
-        log.info("model %s version %s loaded (%s, %d features, cache %s)", name, version, model.kind,
-                 len(model.features), model.describe()["cache_tier"])
+        log.info("model %s version %s loaded (%s, %d features, cache %s, batching %s)", name, version, model.kind,
+                 len(model.features), model.describe()["cache_tier"],
+                 f"up to {model.max_batch_size} rows" if model.batcher is not None else "off")
     for name, versions in registry.models.items():
         # The version marked "default": true in its metadata, else the highest version.
         marked = [v for v, m in versions.items() if m.is_default]

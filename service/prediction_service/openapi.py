@@ -157,7 +157,11 @@ def _model_list_schema() -> dict:
         "version": {"type": "string"}, "kind": {"type": "string", "enum": ["classifier", "regressor"]},
         "description": {"type": "string"}, "features": {"type": "array", "items": feature},
         "labels": {"type": "array", "items": {"type": "string"}}, "cache": {"type": "boolean"},
-        "cache_tier": {"type": "string", "enum": ["shared", "local", "off"]}}}
+        "cache_tier": {"type": "string", "enum": ["shared", "local", "off"]},
+        "max_batch_size": {"type": "integer", "minimum": 1,
+                           "description": "Adaptive batching: most instances in one inference call (1 = off)."},
+        "max_batch_delay_us": {"type": "integer", "minimum": 0,
+                               "description": "Adaptive batching: how long a batch that is not full may wait."}}}
     model = {"type": "object", "properties": {"name": {"type": "string"}, "default_version": {"type": "string"},
                                               "versions": {"type": "array", "items": version}}}
     return {"type": "object", "required": ["models"],

@@ -12,14 +12,11 @@ import uuid
 from aiohttp import hdrs, web
 
 from .errors import ApiError
-from .models import Model, NonFiniteOutput
+from .models import EXECUTOR_MIN_ROWS, Model, NonFiniteOutput
 from .repeats import Answer, Repeat
 from .state import ServiceState
 from .validation import check_content_type
 
-# Larger batches run in a worker thread (ONNX Runtime releases the GIL) so the event loop keeps
-# answering other requests; small ones run inline, where a thread hop would cost more than the model.
-EXECUTOR_MIN_ROWS = 64
 JSON_TYPE = "application/json"
 
 
@@ -53,8 +50,13 @@ async def read_body(request: web.Request, max_bytes: int, content_types: tuple[s
 async def predict_rows(state: ServiceState, model: Model, rows: list[list[float]]) -> tuple[list[dict], list[int]]:
     """One result per validated row, from the cache tiers or the model; and the rows the model computed.
 
-    A result is ``{"label", "probabilities"}`` (classifier) or ``{"value"}`` (regressor). Computed
-    results are stored in the cache. A row the model gives no finite output for is a 422.
+    The one way to a prediction for every API (``/api/v1``, ``/v2``, and any other protocol): give
+    it the request's validated rows in feature order (``validation.feature_row`` /
+    ``validation.check_row``). A result is ``{"label", "probabilities"}`` (classifier) or
+    ``{"value"}`` (regressor). The cache misses go to the model — through its adaptive-batching
+    queue when the version batches (batching.py), else directly — and computed results are stored
+    in the cache. A row the model gives no finite output for is a 422 (ApiError) for this request
+    only. Then log the request with :func:`record_answer`.
     """
     n = len(rows)
     if model.cache:
@@ -65,7 +67,9 @@ async def predict_rows(state: ServiceState, model: Model, rows: list[list[float]
         return results, missing
     todo = rows if len(missing) == n else [rows[i] for i in missing]
     try:
-        if len(todo) >= EXECUTOR_MIN_ROWS:
+        if model.batcher is not None:  # adaptive batching (batching.py)
+            computed = await model.batcher.predict(todo)
+        elif len(todo) >= EXECUTOR_MIN_ROWS:
             computed = await asyncio.get_running_loop().run_in_executor(None, model.predict, todo)
         else:
             computed = model.predict(todo)

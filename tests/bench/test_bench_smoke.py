@@ -60,16 +60,26 @@ def test_json_has_numbers_for_every_scenario(bench_run):
     proc, out = bench_run
     doc = json.loads((out / "bench.json").read_text())
     assert doc["mode"] == "service"
-    assert set(doc["scenarios"]) == {"a", "b", "b-v2", "c", "d", "c-shared"}
+    assert set(doc["scenarios"]) == {"a", "b", "b-v2", "c", "d", "c-shared", "c-v2", "c-off",
+                                     "h@32", "h-off@32", "h@1", "h-off@1"}
     for key, s in doc["scenarios"].items():
-        # (a) runs before each of its four candidates in every round, (b) also before (b-v2)
-        assert s["runs"] == {"a": 4, "b": 2}.get(key, 1), key
+        # (a) runs before each of its four candidates in every round, (b) also before (b-v2), (c) before
+        # (c-v2) and after (c-off)
+        assert s["runs"] == {"a": 4, "b": 2, "c": 3}.get(key, 1), key
         assert s["rps_median"] > 0 and s["requests"] > 0, key
         for pct in ("50", "95", "99"):
             assert s["latency_ms_median"][pct] > 0, (key, pct)
         assert isinstance(s["error_count"], int), key
-    assert set(doc["ratios"]) == {"b/a", "b-v2/b", "c/a", "d/a", "c/d", "c-shared/a", "c-shared/c"}
+    assert set(doc["ratios"]) == {"b/a", "b-v2/b", "c/a", "d/a", "c/d", "c-shared/a", "c-shared/c", "c-v2/c",
+                                  "c/c-off", "h@32/h-off@32", "h@1/h-off@1"}
     assert doc["scenarios"]["b-v2"]["url"].endswith("/v2/models/iris/infer")
+    assert doc["scenarios"]["c-v2"]["url"].endswith("/v2/models/iris/infer")
+    assert doc["model"]["heavy_model"] == "iris_ensemble"
+    for key in ("h@32", "h-off@32", "h@1", "h-off@1"):
+        assert doc["scenarios"][key]["url"].endswith("/api/v1/models/iris_ensemble/predict"), key
+        assert doc["scenarios"][key]["connections"] == int(key.split("@")[1]), key
+    assert doc["scenarios"]["h@32"]["url"].split("/api")[0] == doc["scenarios"]["c"]["url"].split("/api")[0]
+    assert doc["scenarios"]["h-off@32"]["url"].split("/api")[0] == doc["scenarios"]["c-off"]["url"].split("/api")[0]
     # (c) runs the default deployed version (iris v1, local tier), (c-shared) a shared-tier one
     assert doc["model"]["version"] == "1" and doc["model"]["cache_tier"] == "local"
     assert doc["model"]["shared_version"] == "2" and "?version=2" in doc["scenarios"]["c-shared"]["url"]
@@ -86,11 +96,19 @@ def test_scenarios_exercise_what_they_claim(bench_run):
     """The cache-hit run hits, the cache-miss runs miss, and the logging service really logs."""
     _, out = bench_run
     doc = json.loads((out / "bench.json").read_text())
-    b, bv2, c, d, cs = (doc["scenarios"][k]["probe"] for k in ("b", "b-v2", "c", "d", "c-shared"))
+    probe = {k: s["probe"] for k, s in doc["scenarios"].items()}
     hits = lambda p: sum(v for k, v in p.items() if k.startswith("cache_hits_"))  # noqa: E731
-    for p in (b, bv2):
-        assert hits(p) > 0.95 * (hits(p) + p["cache_misses"])
-    for p in (c, d, cs):
-        assert p["cache_misses"] > 0.95 * (hits(p) + p["cache_misses"])
-    assert cs["cache_errors"] == 0  # the shared tier really talked to Redis, without failures
+    for k in ("b", "b-v2"):
+        assert hits(probe[k]) > 0.95 * (hits(probe[k]) + probe[k]["cache_misses"]), k
+    for k in ("c", "d", "c-shared", "c-v2", "c-off", "h@32", "h-off@32", "h@1", "h-off@1"):
+        assert probe[k]["cache_misses"] > 0.95 * (hits(probe[k]) + probe[k]["cache_misses"]), k
+    assert probe["c-shared"]["cache_errors"] == 0  # the shared tier really talked to Redis, without failures
     assert doc["database"]["predictions_rows_at_end"] > 0
+    # Batching on where the metadata says so, off on the batching-off service: every miss went through
+    # an inference call counted by the batching metrics, or through none.
+    for k in ("c", "c-v2", "h@32", "h@1"):
+        assert probe[k]["cache_misses"] > 0 and abs(probe[k]["batch_requests"] - probe[k]["cache_misses"]) <= 0.01 * \
+            probe[k]["cache_misses"] + 1, k  # (a request in flight when wrk stopped may fall on either side)
+        assert 0 < probe[k]["batch_calls"] <= probe[k]["batch_requests"], k
+    for k in ("c-off", "h-off@32", "h-off@1"):
+        assert probe[k].get("batch_calls", 0) == 0, k

@@ -17,7 +17,8 @@ CONTRACT_NAMES = [
     "prediction_service_db_write_queue_rows", "prediction_service_db_rows_written_total",
     "prediction_service_db_rows_dropped_total", "prediction_service_db_write_errors_total",
     "prediction_service_models_loaded", "prediction_service_model_load_failures_total",
-    "prediction_service_build_info",
+    "prediction_service_build_info", "prediction_service_batch_requests", "prediction_service_batch_rows",
+    "prediction_service_batch_queue_wait_seconds",
 ]
 
 
@@ -56,4 +57,4 @@ async def test_requests_are_labelled_by_route_template(client):
                   le="0.005") >= 1
     assert sample(text, "prediction_service_cache_hits_total", model="iris", tier="local") >= 1
     assert sample(text, "prediction_service_inference_duration_seconds_count", model="iris", version="1") >= 1
-    assert sample(text, "prediction_service_models_loaded") == 3
+    assert sample(text, "prediction_service_models_loaded") == 4

@@ -40,7 +40,8 @@ def broken_model_tree(demo_models, tmp_path):
 
 def test_broken_models_are_reported_by_name_and_skipped(demo_models, tmp_path, caplog):
     registry = load_models(broken_model_tree(demo_models, tmp_path))
-    assert {(n, v) for n, vs in registry.models.items() for v in vs} == {("iris", "1"), ("iris", "2"), ("diabetes", "1")}
+    assert {(n, v) for n, vs in registry.models.items() for v in vs} == {("iris", "1"), ("iris", "2"), ("diabetes", "1"),
+                                                                         ("iris_ensemble", "1")}
     failures = {(f["model"], f["version"]): f["error"] for f in registry.failures}
     assert set(failures) == {("corrupt", "1"), ("iris", "3"), ("nometa", "1"), ("wrongwidth", "1"), ("badcache", "1"),
                              ("badrange", "1")}
@@ -60,7 +61,7 @@ async def test_service_runs_with_the_good_models(aiohttp_client, make_settings, 
     ready = await client.get("/ready")
     assert ready.status == 200
     body = await ready.json()
-    assert body["models_loaded"] == 3
+    assert body["models_loaded"] == 4
     assert {f["model"] for f in body["failed_models"]} == {"corrupt", "iris", "nometa", "wrongwidth", "badcache",
                                                            "badrange"}
     resp = await client.post("/api/v1/models/corrupt/predict", json=IRIS, headers=AUTH)
@@ -83,6 +84,6 @@ def test_training_is_reproducible(tmp_path):
     train(first)
     train(second)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert len(files) == 6
+    assert len(files) == 8
     for rel in files:
         assert hashlib.sha256((first / rel).read_bytes()).digest() == hashlib.sha256((second / rel).read_bytes()).digest(), rel

@@ -74,7 +74,7 @@ async def test_models_endpoint_lists_versions_and_schema(client):
     resp = await client.get("/api/v1/models", headers=AUTH)
     assert resp.status == 200
     models = {m["name"]: m for m in (await resp.json())["models"]}
-    assert set(models) == {"iris", "diabetes"}
+    assert set(models) == {"iris", "iris_ensemble", "diabetes"}
     assert models["iris"]["default_version"] == "1"
     versions = {v["version"]: v for v in models["iris"]["versions"]}
     assert set(versions) == {"1", "2"}
@@ -83,6 +83,10 @@ async def test_models_endpoint_lists_versions_and_schema(client):
     assert models["diabetes"]["versions"][0]["cache"] is False
     assert [versions["1"]["cache_tier"], versions["2"]["cache_tier"], models["diabetes"]["versions"][0]["cache_tier"]] \
         == ["local", "shared", "off"]
+    # Adaptive batching as each metadata.json sets it (the service-wide default, 1 = off, elsewhere).
+    assert [versions["1"]["max_batch_size"], versions["2"]["max_batch_size"],
+            models["iris_ensemble"]["versions"][0]["max_batch_size"]] == [32, 1, 64]
+    assert versions["1"]["max_batch_delay_us"] == 0
 
 
 async def test_repeat_is_served_from_cache(client):
@@ -134,7 +138,7 @@ async def test_public_endpoints_need_no_auth(client, path):
 
 async def test_ready_reports_models_and_dependencies(client):
     body = await (await client.get("/ready")).json()
-    assert body == {"status": "ready", "models_loaded": 3, "failed_models": [], "redis": "up",
+    assert body == {"status": "ready", "models_loaded": 4, "failed_models": [], "redis": "up",
                     "database": "disabled", "storage": "disabled", "db_queue_rows": 0}
 
 

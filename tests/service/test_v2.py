@@ -220,6 +220,30 @@ async def test_bad_v2_input_is_a_4xx_with_the_protocol_error(client, case):
     assert fragment in error["error"], error
 
 
+COMMON_FORMS = [  # the request shapes parse_request answers by its shortcut (tensors._common_request)
+    matrix([ROW]), matrix([ROW, [6.7, 3.0, 5.8, 2.2]], datatype="FP64"), {**matrix([ROW]), "id": "mine"},
+    {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": ROW + [6.7, 3.0, 5.8, 2.2]}]},
+]
+GENERAL_ONLY = [c[1] for c in BAD if isinstance(c[1], dict) and "parameters" not in c[1]]
+
+
+@pytest.mark.parametrize("body", COMMON_FORMS + GENERAL_ONLY,
+                         ids=[f"valid-{i}" for i in range(len(COMMON_FORMS))] + [c[0] for c in BAD
+                                                                                  if isinstance(c[1], dict)
+                                                                                  and "parameters" not in c[1]])
+async def test_the_common_request_shape_answers_as_the_general_path_does(client, body):
+    """The usual request shape takes a shortcut; the same request with "parameters": {} added (which only
+    the general path accepts) gets the same outputs, or the same error, word for word."""
+    answers = []
+    for variant in (body, {**body, "parameters": {}}):
+        resp = await client.post(INFER, data=json.dumps(variant), headers=JSON)
+        doc = await resp.json()
+        answers.append((resp.status, doc.get("error"), doc.get("outputs"), doc.get("model_version")))
+        if resp.status == 200:
+            assert doc["id"] == body.get("id", resp.headers["X-Request-ID"])
+    assert answers[0] == answers[1]
+
+
 @pytest.mark.parametrize("method,path,headers,status,fragment", [
     ("GET", "/v2/models/nope", AUTH, 404, "no model named 'nope'"),
     ("GET", "/v2/models/iris/versions/9/ready", {}, 404, "no version '9'"),

@@ -114,10 +114,14 @@ def _infer_response(answer: Answer, rid: str) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     router = app.router
+    # Infer first: aiohttp tries the dynamic routes under one prefix ("/v2/models") in the order they
+    # were added, a regular expression each; no two of these patterns match the same path, so the
+    # order changes nothing but the time (≈ 2.5 µs less per infer request, issue 19 item 4).
+    for base in (MODEL_PATH, VERSION_PATH):
+        router.add_post(base + "/infer", infer)
     router.add_get("/v2", server_metadata, allow_head=False)
     router.add_get("/v2/health/live", server_live, allow_head=False)
     router.add_get("/v2/health/ready", server_ready, allow_head=False)
     for base in (MODEL_PATH, VERSION_PATH):
         router.add_get(base, model_metadata, allow_head=False)
         router.add_get(base + "/ready", model_ready, allow_head=False)
-        router.add_post(base + "/infer", infer)
