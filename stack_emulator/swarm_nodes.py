@@ -221,6 +221,8 @@ class Swarm:
             _join(self, node)
             _set_labels(self, index, old.get("labels", {}))
         _wait_member(node, timeout)
+        if not fresh:
+            _wait_ready_restarting_stuck(self, [node], timeout)
         self._wait_running_ready(f"{node.name} ready after rejoining", timeout)
         return time.monotonic() - started
 
@@ -460,8 +462,36 @@ def _resume(swarm: Swarm, labels: dict, timeout: float) -> None:
         if c.status != "running":
             c.start()
     _each(swarm.nodes, lambda n: (_wait_engine(n, timeout), _wait_member(n, timeout)))
-    swarm.wait_ready(timeout)
+    _wait_ready_restarting_stuck(swarm, swarm.nodes, timeout)
     _apply_labels(swarm, labels)
+
+
+# Seen under load: a worker killed and started again at once reconnects (its own engine says
+# "active") while the manager keeps listing it as down for minutes. Restarting its dockerd once
+# registers it again, as an operator would do on a real machine.
+STUCK_DOWN_SECONDS = 30
+
+
+def _wait_ready_restarting_stuck(swarm: Swarm, nodes: list[Node], timeout: float) -> None:
+    """Each of ``nodes`` ready; any still not ready after STUCK_DOWN_SECONDS gets its node
+    container (and so its dockerd) restarted once, then the full timeout applies."""
+    def ready(limit: float) -> None:
+        swarm.wait(lambda st: all(st.get(n.index, {}).get("state") == "ready" for n in nodes),
+                   f"{', '.join(n.name for n in nodes)} ready", limit)
+    try:
+        ready(min(STUCK_DOWN_SECONDS, timeout))
+        return
+    except SwarmError:
+        pass
+    states = swarm.states()
+    stuck = [n for n in nodes if states.get(n.index, {}).get("state") != "ready"]
+    for n in stuck:
+        print(f"[swarm] {n.name}: {states.get(n.index, {}).get('state', 'unlisted')} on the manager "
+              f"{STUCK_DOWN_SECONDS}s after it reconnected; restarting its engine", file=sys.stderr, flush=True)
+        _host().containers.get(n.name).restart(timeout=10)
+        _wait_engine(n, timeout)
+        _wait_member(n, timeout)
+    ready(timeout)
 
 
 def _nodes_network(host, prefix: str, mark: dict):
