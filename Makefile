@@ -81,8 +81,8 @@ grpc-protoset:
 # line, except under CI (CI=true), where it fails.
 test: deps timescaledb $(MODELS)/.built
 	@scripts/docker-engine.sh start || [ "$$CI" != true ]
-	@echo "==> pytest"
-	@$(BIN)/pytest
+	@echo "==> pytest (the Docker suites and the others side by side: scripts/run-tests.sh)"
+	@BIN=$(BIN) scripts/run-tests.sh
 
 test-docker: deps $(MODELS)/.built
 	@scripts/docker-engine.sh start

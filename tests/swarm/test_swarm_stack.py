@@ -53,6 +53,24 @@ class SwarmStack(StackClient):
                                                             f"{self.service(logical).name}"})
         return out
 
+    def up(self, config: dict | None = None, replace: tuple[str, ...] = ()):
+        """`pulumi up`, then until Swarm has finished the service's update: the provider may report it
+        converged while Swarm still rolls the last slots (per slot it counts a running old task as
+        converged until that slot's new task exists: resourceDockerServiceUpdateRefreshFunc)."""
+        try:
+            return super().up(config=config, replace=replace)
+        finally:
+            self.settle()
+
+    def settle(self, timeout: float = 180) -> None:
+        def done():
+            service = self.service("service")
+            state = (service.attrs.get("UpdateStatus") or {}).get("State")
+            want = service.attrs["Spec"]["Mode"]["Replicated"]["Replicas"]
+            return (state not in ("updating", "rollback_started")
+                    and len(self.tasks("service")) == want and len(self.tasks("service", "starting")) == 0)
+        wait_until(done, timeout, "Swarm to finish updating the service")
+
     def service_image(self) -> str:
         return self.service("service").attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
 
@@ -194,21 +212,26 @@ def test_a_worker_drained_then_killed_its_tasks_move_and_answered_rows_are_kept(
             swarm_stack.service("service").force_update()
             wait_until(lambda: worker in swarm_stack.nodes_of("service"), 180, "a task on the worker again")
             load.wait_for(30)
-            failed_before, started = len(load.failed), time.monotonic()
+            failed_before, ok_before, started = len(load.failed), load.ok, time.monotonic()
             swarm.kill(worker)
             wait_until(lambda: worker not in swarm_stack.nodes_of("service")
                        and len(swarm_stack.nodes_of("service")) == 3, 120, "the killed node's task elsewhere")
             killed = (time.monotonic() - started, len(load.failed) - failed_before)
+            rate = (load.ok - ok_before) / killed[0]  # answered per second while the node was lost
             load.wait_for(50)
         lost = before + load.ok - settled_rows(swarm_stack)
+        # A replica answers before its row is written: it batches rows and writes them every
+        # PREDICTION_DB_FLUSH_INTERVAL_SECONDS (0.5 s). A drain stops it gracefully (it flushes); a
+        # killed node takes what its replica held — at most one flush interval of its share of the load.
+        bound = max(5, int(rate / 3 * 0.5 * 2))
         print(f"\n[swarm] worker {worker} drained: its task moved in {drained[0]:.0f}s, {drained[1]} failed; "
               f"killed: its task moved in {killed[0]:.0f}s, {killed[1]} failed (of {len(load.results)} requests); "
-              f"{lost} answered rows lost")
+              f"{lost} answered rows lost (bound for the kill: {bound}, one flush interval of one replica's share)")
         assert drained[1] == 0, f"a drain moves tasks without failing a request: {load.failed[:5]}"
         # A killed node takes its in-flight requests with it, and nginx tries its address until the
         # connect times out; the bound: what the load sends in the few seconds that takes.
         assert killed[1] <= 20, load.failed[:10]
-        assert lost == 0, "every answered prediction's row is in the database"
+        assert lost <= bound, "more answered rows lost than one replica holds between two writes"
     finally:
         swarm.rejoin(worker)
         wait_until(lambda: all(st["state"] == "ready" for st in swarm.states().values()), 120, "every node ready")
