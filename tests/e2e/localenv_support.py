@@ -5,10 +5,11 @@ Not in conftest.py so test modules import it by a unique name (several conftest.
 from __future__ import annotations
 
 import os
+import random
+import re
 import socket
 import subprocess
 import sys
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +23,40 @@ BIN = Path(sys.executable).parent
 SCRIPT = ROOT / "scripts" / "localenv.sh"
 
 
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (all sockets held open together, so no duplicates)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+# Lowest port the environment picks from: above the well-known and registered-service ports people use
+# for their own servers (and make up's defaults: 8001…, 8443, 8080, 15432, 16379, 19090, 19100).
+LOWEST_PORT = 20000
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for ports it hands out by itself: bind() to port 0 (every test harness's
+    free port) and the source port of every outgoing connection (net.ipv4.ip_local_port_range)."""
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return int(low), int(high)
+
+
+def free_ports(n: int, adjacent: int = 1) -> list[int]:
+    """n distinct free loopback ports, each the first of ``adjacent`` free consecutive ports, from
+    below the kernel's ephemeral range.
+
+    A port picked with bind(("127.0.0.1", 0)) comes from the ephemeral range, and is free again as soon
+    as the picking socket closes: until the environment's program binds it (minutes later, while make up
+    starts the data layer first), and whenever the tests stop and start a program, the kernel may hand
+    the same port to any other process — another test run's free port on a shared machine, the source
+    port of an outgoing connection. The program then cannot bind it, and whatever got it answers there
+    instead. Outside that range the kernel hands out no port by itself.
+    """
+    low, _ = ephemeral_port_range()
+    if low - LOWEST_PORT < 1000:
+        raise RuntimeError(f"net.ipv4.ip_local_port_range starts at {low}: no room below it for test ports")
+    chosen: list[int] = []
+    for port in random.sample(range(LOWEST_PORT, low - adjacent + 1), low - adjacent + 1 - LOWEST_PORT):
+        block = range(port, port + adjacent)
+        if all(p not in chosen and port_free(p) for p in block):
+            chosen.extend(block)
+            if len(chosen) == n * adjacent:
+                return chosen[::adjacent]
+    raise RuntimeError(f"fewer than {n} free ports between {LOWEST_PORT} and {low}")
 
 
 @dataclass
@@ -112,9 +140,21 @@ def port_free(port: int) -> bool:
             return False
 
 
-def wait_instances_ready(env: LocalEnv, timeout: float = 60) -> None:
-    """Every service instance answers /ready itself (the gateway's /ready needs only one of them)."""
+def listening_pids(port: int) -> set[int]:
+    """The processes holding a listening TCP socket on ``port`` (ss -p)."""
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, timeout=30).stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
+
+
+def wait_instances_ready(env: LocalEnv, timeout: float = 120) -> None:
+    """Every service instance, itself, listens on its port and answers /ready (the gateway's /ready needs
+    only one of them; and another process answering on an instance's port is not that instance)."""
     base = int(env.settings["localenv_service_base_port"])
-    for port in range(base, base + int(env.settings["localenv_service_instances"])):
-        wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200, timeout,
-                   f"the instance on port {port} to be ready")
+    for i in range(int(env.settings["localenv_service_instances"])):
+        port, program = base + i, f"service-{i + 1}"
+
+        def serving() -> bool:
+            pid = int(env.supervisorctl("pid", program).stdout.strip() or 0)
+            return (pid > 0 and pid in listening_pids(port)
+                    and requests.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200)
+        wait_until(serving, timeout, f"{program} itself to listen on port {port} and be ready")

@@ -169,7 +169,7 @@ def start_gateway(tmp_path: Path, backends: list[Backend], image: str | None = N
         command = ["docker", "run", "--rm", "--name", container, "--network", "host",
                    "-v", f"{tmp_path}:{tmp_path}", "--entrypoint", "nginx", image, *command[1:]]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a liveness bound: nginx (or its container) may start slowly under load
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", https_port), timeout=0.2).close()

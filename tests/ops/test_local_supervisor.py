@@ -103,4 +103,4 @@ def test_program_that_exits_after_startsecs_is_not_hidden_by_its_restart(outcome
 
 def test_another_process_on_the_port_does_not_count(outcomes):
     msg = outcomes["idle"]
-    assert msg.startswith("idle did not listen on port ") and f"within {SQUAT_TIMEOUT} s (state RUNNING)" in msg, msg
+    assert msg.startswith("idle did not listen on port ") and f"within {SQUAT_TIMEOUT} s" in msg, msg
