@@ -14,8 +14,8 @@ LOCALENV_VAR_DIR ?= $(CURDIR)/var
 APT_PACKAGES := postgresql-15 postgresql-client-15 redis-server redis-tools nginx prometheus \
 	prometheus-node-exporter wrk openssl curl ca-certificates python3-venv procps iproute2
 
-.PHONY: help deps system-deps timescaledb venv model test test-docker docker-engine stack-up stack-down stack-status \
-	up down status bench bench-gateway preview deploy lint clean pristine-check
+.PHONY: help deps system-deps timescaledb venv model grpc-protoset test test-docker docker-engine stack-up stack-preview stack-down stack-status \
+	up down status bench bench-gateway bench-peers preview deploy lint clean pristine-check
 
 help:
 	@echo "make up       run the platform on this machine (prints URL and a ready curl)"
@@ -24,12 +24,14 @@ help:
 	@echo "make test     install everything needed, then run all tests"
 	@echo "make bench    benchmark one service process (ratios against a bare-aiohttp baseline), then the gateway"
 	@echo "make bench-gateway   only the gateway vs direct part (runs make up first)"
+	@echo "make bench-peers     the service beside MLServer, BentoML and LitServe on the same model (table, JSON, picture)"
 	@echo "make model    (re)build the demo models into $(MODELS)/"
+	@echo "make grpc-protoset   recompile the vendored gRPC protocol (service/prediction_service/oip_grpc/) after changing it"
 	@echo "make timescaledb   give PostgreSQL 15 the pinned TimescaleDB (package, else build from TIMESCALEDB_SOURCE)"
 	@echo "make preview|deploy STACK=dev|staging|prod   pulumi preview / up for one stack"
 	@echo "make pristine-check   make test and make up on a pristine Debian 12 container, timed (root, Docker);"
 	@echo "                      no engine inside (Docker suite skipped); PRISTINE_DOCKER=1: an engine inside, all suites"
-	@echo "make stack-up|stack-down|stack-status STACK=dev|staging|prod   run a stack on this Docker engine without the Pulumi CLI"
+	@echo "make stack-up|stack-preview|stack-down|stack-status STACK=dev|staging|prod   a stack on this Docker engine, as pulumi up/preview/destroy would change it (no Pulumi CLI)"
 	@echo "make test-docker   only the Docker suite (tests/docker: images, stacks, drills)"
 
 deps: system-deps venv
@@ -67,6 +69,13 @@ $(MODELS)/.built: service/training/train_demo_models.py | $(STAMP)
 	@$(MAKE) --no-print-directory model
 	@touch $@
 
+# The Open Inference Protocol's gRPC descriptor, compiled from the vendored .proto by protoc (grpcio-tools)
+# and committed: the service image needs no compiler. tests/service checks that it is current.
+OIP_GRPC := service/prediction_service/oip_grpc
+GRPC_PROTOSET ?= $(OIP_GRPC)/open_inference_grpc.protoset
+grpc-protoset:
+	@$(BIN)/python -m grpc_tools.protoc -I $(OIP_GRPC) --descriptor_set_out=$(GRPC_PROTOSET) open_inference_grpc.proto
+
 # The Docker suite (tests/docker) needs an engine: as root one is installed and started if none
 # answers; where that cannot be (not root, an unprivileged container) the suite is skipped with one
 # line, except under CI (CI=true), where it fails.
@@ -82,16 +91,23 @@ test-docker: deps $(MODELS)/.built
 docker-engine:
 	@scripts/docker-engine.sh start
 
-# A stack on this machine's Docker engine, from the real stack file, without the Pulumi CLI (for trials;
-# users deploy with pulumi up). STACK_PORTS=free publishes on free loopback ports; KEEP_VOLUMES=1 keeps data.
-stack-up: deps $(MODELS)/.built docker-engine
-	@cd tests/docker && ../../$(BIN)/python -m dockerstack up $(STACK)
+# A stack on this machine's Docker engine, changed the way `pulumi up` would change it, without the Pulumi
+# CLI (stack_emulator/; users deploy with pulumi up). The plan is printed before it is applied; the stack's
+# state lives in var/stacks/<stack>/. STACK_PORTS=free publishes on free loopback ports. stack-down:
+# KEEP_VOLUMES=1 keeps the data, EXCLUDE_PROTECTED=1 keeps what is protected, UNPROTECT=1 removes it too.
+stack-up: deps $(MODELS)/.built
+	@$(BIN)/python -m stack_emulator check $(STACK)
+	@scripts/docker-engine.sh start
+	@$(BIN)/python -m stack_emulator up $(STACK)
+
+stack-preview: deps
+	@$(BIN)/python -m stack_emulator preview $(STACK)
 
 stack-down: venv
-	@cd tests/docker && ../../$(BIN)/python -m dockerstack down $(STACK)
+	@$(BIN)/python -m stack_emulator down $(STACK)
 
 stack-status: venv
-	@cd tests/docker && ../../$(BIN)/python -m dockerstack status $(STACK)
+	@$(BIN)/python -m stack_emulator status $(STACK)
 
 up: deps timescaledb $(MODELS)/.built
 	@scripts/localenv.sh up
@@ -112,6 +128,12 @@ bench-gateway: up
 	@set -a && source "$(LOCALENV_VAR_DIR)/localenv.env" && set +a && \
 	$(BIN)/python -m bench --gateway "$$LOCALENV_URL" --direct "$${LOCALENV_SERVICE_URLS%% *}" \
 		--api-key "$$PREDICTION_API_KEY"
+
+# The service as deployed beside MLServer, BentoML and LitServe and a bare aiohttp + onnxruntime baseline,
+# same model, one core each (bench/peers). Each peer's pinned venv is made once under var/bench/peers-venvs/
+# (minutes from the package index the first time). Writes var/bench/peers.{json,md,png}.
+bench-peers: deps timescaledb $(MODELS)/.built
+	@$(BIN)/python -m bench.peers
 
 preview deploy: venv
 	@command -v pulumi >/dev/null || { echo "pulumi CLI not found: install it from pulumi.com/docs/install to $@ stack '$(STACK)'"; exit 1; }

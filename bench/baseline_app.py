@@ -7,7 +7,13 @@ inference, metrics, DB logging) shows up as the distance between this and the se
 Server settings mirror the service's (``access_log=None``, uvloop event loop) so the comparison is
 about the work per request, not about how the server is run.
 
-Usage: ``python -m bench.baseline_app --port 8101`` (the runner starts it; it is not a product).
+With ``--model-dir`` (``make bench-peers``) it is the baseline of the model servers instead: the same
+handler also runs the model's ONNX Runtime session on the instance (built as every server there
+builds it: bench/peers/apps/onnx_model.py), inline on the event loop, and answers the prediction in
+the service's /api/v1 shape — parse, infer, answer, nothing else.
+
+Usage: ``python -m bench.baseline_app --port 8101 [--model-dir service/models/iris/1]`` (the
+runners start it; it is not a product).
 """
 from __future__ import annotations
 
@@ -40,9 +46,29 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def make_app() -> web.Application:
+def model_handler(model_dir: str):
+    """A predict handler that runs the model in ``model_dir`` on the instance of each request."""
+    from .peers.apps.onnx_model import OnnxModel
+    model = OnnxModel(model_dir)
+
+    async def predict_with_model(request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+            row = [float(body[name]) for name in model.features]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise web.HTTPBadRequest(text='{"error": "expected an object of numbers named %s"}'
+                                     % ", ".join(model.features), content_type="application/json") from None
+        labels, probs = model.run([row])
+        return web.Response(body=orjson.dumps({
+            "model": model.name, "version": model.version, "predictions": labels,
+            "probabilities": [dict(zip(model.labels, p)) for p in probs.tolist()]}), content_type="application/json")
+
+    return predict_with_model
+
+
+def make_app(model_dir: str | None = None) -> web.Application:
     app = web.Application()
-    app.router.add_post("/api/v1/models/{name}/predict", predict)
+    app.router.add_post("/api/v1/models/{name}/predict", model_handler(model_dir) if model_dir else predict)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", health)
     return app
@@ -53,12 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
+    parser.add_argument("--model-dir", help="a model version folder (model.onnx + metadata.json): run it per request")
     args = parser.parse_args(argv)
     loop = None
     if not args.no_uvloop:
         import uvloop
         loop = uvloop.new_event_loop()
-    web.run_app(make_app(), host=args.host, port=args.port, access_log=None, print=None, loop=loop)
+    web.run_app(make_app(args.model_dir), host=args.host, port=args.port, access_log=None, print=None, loop=loop)
 
 
 if __name__ == "__main__":

@@ -185,6 +185,8 @@ class ServiceEnvironment:
             "PREDICTION_JWT_SECRET": self.jwt_secret,
             "PREDICTION_HOST": "127.0.0.1",
             "PREDICTION_PORT": str(port),
+            # Its gRPC listener too, as deployed, on a port of its own (the default is one per host).
+            "PREDICTION_GRPC_PORT": str(free_port()),
             "PREDICTION_LOG_LEVEL": "WARNING",
         })
         env.update(extra)
@@ -199,7 +201,8 @@ class ServiceEnvironment:
             raise StartError(f"migrations failed (exit {proc.returncode}): "
                                     f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str], port: int, ready_path: str) -> Process:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str], port: int, ready_path: str,
+               ready_timeout: float = 90.0) -> Process:
         logfile = self.logdir / f"{name}.log"
         if self.service_cpus is not None:
             argv = ["taskset", "-c", self.service_cpus, *argv]  # taskset execs: the PID is the server's
@@ -207,7 +210,7 @@ class ServiceEnvironment:
                                 start_new_session=True)
         p = Process(name, f"http://127.0.0.1:{port}", proc, logfile)
         self.processes.append(p)
-        self._wait_ready(p, ready_path)
+        self._wait_ready(p, ready_path, ready_timeout)
         return p
 
     def _wait_ready(self, p: Process, path: str, timeout: float = 90.0) -> None:
@@ -257,12 +260,20 @@ class ServiceEnvironment:
             self.processes.remove(p)
         return p.proc.returncode
 
-    def start_baseline(self) -> Process:
+    def start_baseline(self, model_dir: Path | None = None) -> Process:
+        """The bare-aiohttp baseline; with ``model_dir`` it also runs that model per request."""
         port = free_port()
-        self.log(f"==> starting baseline (bare aiohttp) on 127.0.0.1:{port}")
+        self.log(f"==> starting baseline (bare aiohttp{' + onnxruntime' if model_dir else ''}) on 127.0.0.1:{port}")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        return self._spawn("baseline", [sys.executable, "-m", "bench.baseline_app", "--port", str(port)],
+        argv = [sys.executable, "-m", "bench.baseline_app", "--port", str(port)]
+        return self._spawn("baseline", argv + (["--model-dir", str(model_dir)] if model_dir else []),
                            env, port, "/health")
+
+    def start_process(self, name: str, argv: list[str], env: dict[str, str], port: int, ready_path: str,
+                      ready_timeout: float = 90.0) -> Process:
+        """Any other server (bench/peers): started pinned like the service, stopped with the rest;
+        waits until GET ``ready_path`` answers 200."""
+        return self._spawn(name, argv, env, port, ready_path, ready_timeout)
 
     def db_rows(self) -> int | None:
         """Rows in ``predictions`` (to show the logging scenario really logged)."""

@@ -1,4 +1,5 @@
-"""Prediction platform on Docker: one stack per environment (Pulumi.<stack>.yaml holds the differences)."""
+"""Prediction platform on Docker (one engine, or a Swarm): one stack per environment (Pulumi.<stack>.yaml
+holds the differences)."""
 import pulumi
 
 import config
@@ -8,16 +9,18 @@ from gateway import Gateway
 from monitoring import Monitoring
 from network import Networks
 from ops import Operations
+from runtime import runtime_for
 from service import PredictionService
 
 cfg = config.load()
-networks = Networks("network", cfg)
-database = Database("database", cfg, networks)
-cache = Cache("cache", cfg, networks)
-service = PredictionService("service", cfg, networks, database, cache)
-gateway = Gateway("gateway", cfg, networks, service)
-monitoring = Monitoring("monitoring", cfg, networks, service)
-ops = Operations("ops", cfg, networks, service)
+runtime = runtime_for(cfg)  # containers on one engine, or services on a Swarm (orchestrator.kind)
+networks = Networks("network", cfg, runtime)
+database = Database("database", cfg, runtime, networks)
+cache = Cache("cache", cfg, runtime, networks)
+service = PredictionService("service", cfg, runtime, networks, database, cache)
+gateway = Gateway("gateway", cfg, runtime, networks, service)
+monitoring = Monitoring("monitoring", cfg, runtime, networks, service)
+ops = Operations("ops", cfg, runtime, networks, service)
 
 pulumi.export("url", gateway.url)
 pulumi.export("replica_names", service.replica_names)

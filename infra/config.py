@@ -43,6 +43,22 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class OrchestratorConfig:
+    """Where the workloads run (infra/runtime.py): "engine" = containers on one Docker engine;
+    "swarm" = services on a Docker Swarm, whose manager the provider talks to."""
+    kind: str = "engine"
+    # Swarm: how a service name resolves: "vip" (one virtual IP, IPVS balances) or "dnsrr" (every
+    # task's address; where the kernel has no IPVS, as on the machine the tests run on).
+    endpointMode: str = "vip"
+    # Swarm: encrypt the overlay networks' traffic between nodes (IPsec).
+    encryptOverlay: bool = False
+    # Swarm: the node label (value "true") of the node that keeps the database and its volume.
+    databaseNodeLabel: str = "prediction.database"
+    # Swarm: how long `pulumi up` waits for a service to converge before reporting it failed.
+    convergeTimeout: str = "5m"
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
     # Docker cannot publish ports of a container attached only to an internal network, so a stack
     # that publishes the database or Redis on the host must turn this off (validated below).
@@ -87,6 +103,9 @@ class ServiceConfig:
     # previous one. Unset: `pulumi up` builds service/Dockerfile as <imageName>:<stack>.
     image: Optional[str] = None
     port: int = 8000
+    # The Open Inference Protocol over gRPC on each replica (PREDICTION_GRPC_PORT); the gateway carries it
+    # on its HTTPS port (HTTP/2).
+    grpcPort: int = 8001
     cpus: Optional[float] = None
     memoryMb: Optional[int] = None
     logLevel: str = "INFO"
@@ -96,7 +115,13 @@ class ServiceConfig:
     # absolute paths are on the Docker host.
     modelsHostPath: Optional[str] = None
     maxRetryCount: int = 5
+    # Swarm: what each replica's task reserves on its node (the scheduler places by reservations).
+    cpusReserved: Optional[float] = None
+    memoryReservedMb: Optional[int] = None
     buildOnPreview: bool = False
+    # How long `pulumi up` waits for the migrate job to report the database migrated (its create
+    # fails after that, and the next `pulumi up` runs it again).
+    migrateTimeoutSeconds: int = 300
     # Further PREDICTION_* variables from docs/CONTRACTS.md (cache TTL, limits, ...).
     env: dict[str, str] = field(default_factory=dict)
 
@@ -154,6 +179,7 @@ class Secrets:
 class PlatformConfig:
     stack: str
     namePrefix: str
+    orchestrator: OrchestratorConfig
     network: NetworkConfig
     database: DatabaseConfig
     cache: CacheConfig
@@ -245,8 +271,24 @@ def _validate(cfg: PlatformConfig) -> None:
     p = PROJECT
     _check(re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", cfg.namePrefix) is not None,
            f"{p}:namePrefix {cfg.namePrefix!r} is not a valid Docker name prefix (lowercase letters, digits, . _ -)")
+    o = cfg.orchestrator
+    _check(o.kind in ("engine", "swarm"), f"{p}:orchestrator.kind must be engine or swarm, got {o.kind!r}")
+    _check(o.endpointMode in ("vip", "dnsrr"), f"{p}:orchestrator.endpointMode must be vip or dnsrr, got {o.endpointMode!r}")
+    _check(re.fullmatch(r"\d+(s|m|h)", o.convergeTimeout) is not None,
+           f"{p}:orchestrator.convergeTimeout must look like 300s or 5m, got {o.convergeTimeout!r}")
+    if o.kind == "swarm":
+        for name, port in (("database.hostPort", cfg.database.hostPort), ("cache.hostPort", cfg.cache.hostPort)):
+            _check(port is None, f"{p}:{name} is set but orchestrator.kind is swarm: the data layer is reached on the "
+                                 f"overlay network (through the ops toolbox), never published; remove {name}")
+        _check(cfg.service.modelsHostPath is not None and cfg.service.modelsHostPath.startswith("/"),
+               f"{p}:service.modelsHostPath must be an absolute folder present on every node of the swarm (a "
+               f"named volume would be a different, empty one on each node), got {cfg.service.modelsHostPath!r}")
     s = cfg.service
     _check(1 <= s.replicas <= 20, f"{p}:service.replicas must be between 1 and 20, got {s.replicas}")
+    _check(1 <= s.grpcPort <= 65535 and s.grpcPort != s.port,
+           f"{p}:service.grpcPort must be a TCP port other than service.port ({s.port}), got {s.grpcPort}")
+    _check(s.migrateTimeoutSeconds >= 10, f"{p}:service.migrateTimeoutSeconds must be at least 10, got "
+                                          f"{s.migrateTimeoutSeconds}")
     _check(s.cpus is None or s.cpus > 0, f"{p}:service.cpus must be > 0, got {s.cpus}")
     for section, mem in (("service", s.memoryMb), ("database", cfg.database.memoryMb), ("cache", cfg.cache.memoryMb)):
         # Container.memory is in MB; a value like 1073741824 means someone typed bytes.
@@ -255,7 +297,7 @@ def _validate(cfg: PlatformConfig) -> None:
     _check(s.logLevel.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
            f"{p}:service.logLevel must be DEBUG/INFO/WARNING/ERROR/CRITICAL, got {s.logLevel!r}")
     wired = {"PREDICTION_TIMESCALE_URL", "PREDICTION_REDIS_URL", "PREDICTION_MODEL_PATH", "PREDICTION_API_KEY",
-             "PREDICTION_JWT_SECRET", "PREDICTION_HOST", "PREDICTION_PORT", "PREDICTION_INSTANCE",
+             "PREDICTION_JWT_SECRET", "PREDICTION_HOST", "PREDICTION_PORT", "PREDICTION_GRPC_PORT", "PREDICTION_INSTANCE",
              "PREDICTION_LOG_LEVEL"}
     for k in s.env:
         _check(k.startswith("PREDICTION_"), f"{p}:service.env.{k}: only PREDICTION_* variables belong here")
@@ -312,7 +354,7 @@ def _secret(config: pulumi.Config, key: str) -> Optional[pulumi.Output[str]]:
     return config.require_secret(key)
 
 
-SECTIONS = {"network": NetworkConfig, "database": DatabaseConfig, "cache": CacheConfig,
+SECTIONS = {"orchestrator": OrchestratorConfig, "network": NetworkConfig, "database": DatabaseConfig, "cache": CacheConfig,
             "service": ServiceConfig, "gateway": GatewayConfig, "monitoring": MonitoringConfig}
 
 
@@ -344,6 +386,7 @@ def load() -> PlatformConfig:
         namePrefix=config.get("namePrefix") or f"prediction-{stack}",
         requirePinnedImages=_coerce(config.get("requirePinnedImages") or "false", bool,
                                     f"{PROJECT}:requirePinnedImages"),
+        orchestrator=_section(OrchestratorConfig, obj("orchestrator"), "orchestrator"),
         network=_section(NetworkConfig, obj("network"), "network"),
         database=_section(DatabaseConfig, obj("database"), "database"),
         cache=_section(CacheConfig, obj("cache"), "cache"),

@@ -8,6 +8,7 @@ import pulumi_tls as tls
 import templates
 from config import PlatformConfig
 from network import Networks
+from runtime import File, Health, Port, Workload
 from service import PredictionService
 
 # Inside the container nginx always listens on the standard ports; the stack decides what the host publishes.
@@ -16,9 +17,11 @@ DOCKER_DNS = "127.0.0.11"
 HTTPS_PORT = 443
 HTTP_PORT = 80
 TLS_DIR = "/etc/nginx/tls"
+# nginx's image stops with SIGQUIT: a graceful shutdown that lets in-flight requests finish.
+SHUTDOWN_GRACE_SECONDS = 15
 
 
-def nginx_variables(cfg: PlatformConfig, upstream_servers: list[str]) -> dict:
+def nginx_variables(cfg: PlatformConfig, upstream_servers: list[str], grpc_upstream_servers: list[str]) -> dict:
     """Template variables of roles/nginx_gateway/templates/nginx.conf.j2 for the container."""
     g = cfg.gateway
     return {
@@ -34,6 +37,7 @@ def nginx_variables(cfg: PlatformConfig, upstream_servers: list[str]) -> dict:
         "nginx_ssl_certificate": f"{TLS_DIR}/server.crt",
         "nginx_ssl_certificate_key": f"{TLS_DIR}/server.key",
         "nginx_upstream_servers": upstream_servers,
+        "nginx_grpc_upstream_servers": grpc_upstream_servers,
         "nginx_resolver": DOCKER_DNS,
         "nginx_upstream_keepalive": g.upstreamKeepalive,
         "nginx_next_upstream_tries": g.nextUpstreamTries,
@@ -49,7 +53,7 @@ class Gateway(pulumi.ComponentResource):
     generated with pulumi-tls. Outputs: ``url`` (https), ``nginx_conf`` (the rendered configuration).
     """
 
-    def __init__(self, name: str, cfg: PlatformConfig, networks: Networks, service: PredictionService,
+    def __init__(self, name: str, cfg: PlatformConfig, runtime, networks: Networks, service: PredictionService,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("prediction:gateway:Gateway", name, None, opts)
         child_opts = pulumi.ResourceOptions(parent=self)
@@ -74,35 +78,29 @@ class Gateway(pulumi.ComponentResource):
             # The provider marks private_key_pem secret itself; saying so here keeps it secret regardless.
             key_pem = pulumi.Output.secret(key.private_key_pem)
 
-        # The replicas' stable aliases, not their container names: replacing a replica changes
-        # neither this file nor the gateway container.
+        # One name that Docker's DNS resolves to every replica (nginx re-resolves it each second):
+        # replacing, adding or removing a replica changes neither this file nor the gateway container.
         self.nginx_conf = pulumi.Output.from_input(templates.render(
-            templates.NGINX_CONF, **nginx_variables(cfg, [f"{a}:{service.port}" for a in service.aliases])))
+            templates.NGINX_CONF, **nginx_variables(cfg, [f"{service.service_alias}:{service.port}"],
+                                                    [f"{service.service_alias}:{service.grpc_port}"])))
 
         image = docker.RemoteImage(f"{name}-image", name=f"{g.image}:{g.tag}", keep_locally=True, opts=child_opts)
-        self.container = docker.Container(
-            f"{name}-container",
-            name=cfg.physical("gateway"),
+        self.container = runtime.run(Workload(
+            name=f"{name}-container",
+            host=cfg.physical("gateway"),
+            component="gateway",
             image=image.image_id,
-            uploads=[
-                docker.ContainerUploadArgs(file="/etc/nginx/nginx.conf", content=self.nginx_conf),
-                docker.ContainerUploadArgs(file=f"{TLS_DIR}/server.crt", content=cert_pem),
-                docker.ContainerUploadArgs(file=f"{TLS_DIR}/server.key", content=key_pem, permissions="0600"),
-            ],
-            ports=[
-                docker.ContainerPortArgs(internal=HTTPS_PORT, external=g.httpsPort, ip=g.bindAddress),
-                docker.ContainerPortArgs(internal=HTTP_PORT, external=g.httpPort, ip=g.bindAddress),
-            ],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.app.name)],
-            healthcheck=docker.ContainerHealthcheckArgs(
-                tests=["CMD-SHELL", "kill -0 \"$(cat /var/run/nginx.pid)\""],
-                interval="10s", timeout="3s", retries=3, start_period="5s"),
-            restart="unless-stopped",
-            wait=True,
-            labels=[docker.ContainerLabelArgs(label="com.prediction.stack", value=cfg.stack),
-                    docker.ContainerLabelArgs(label="com.prediction.component", value="gateway")],
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
-        )
+            files=[File("/etc/nginx/nginx.conf", self.nginx_conf), File(f"{TLS_DIR}/server.crt", cert_pem),
+                   File(f"{TLS_DIR}/server.key", key_pem, secret=True, mode=0o600)],
+            ports=[Port(HTTPS_PORT, g.httpsPort, g.bindAddress), Port(HTTP_PORT, g.httpPort, g.bindAddress)],
+            networks=[(networks.app, [])],
+            health=Health(["CMD-SHELL", "kill -0 \"$(cat /var/run/nginx.pid)\""], interval="10s", timeout="3s",
+                          retries=3, start_period="5s"),
+            stop_grace_seconds=SHUTDOWN_GRACE_SECONDS,
+            # The host ports are on the manager(s); a second nginx cannot take them while the first runs.
+            constraints=["node.role == manager"],
+            update_order="stop-first",
+        ), pulumi.ResourceOptions(parent=self, delete_before_replace=True))
         port_suffix = "" if g.httpsPort == 443 else f":{g.httpsPort}"
         self.url = pulumi.Output.from_input(f"https://{g.serverName}{port_suffix}/")
-        self.register_outputs({"url": self.url, "container_name": self.container.name})
+        self.register_outputs({"url": self.url, "name": self.container.name})

@@ -11,12 +11,14 @@ import templates
 from config import REPO_ROOT, PlatformConfig
 from network import Networks
 from passwords import secret_or_generated
+from runtime import File, Health, Mount, Port, Workload
 from service import PredictionService
 
 ALERT_RULES_DIR = REPO_ROOT / "dashboards/alerts"
 DASHBOARDS_DIR = REPO_ROOT / "dashboards/grafana"
 PROMETHEUS_PORT = 9090
 GRAFANA_PORT = 3000
+GRAFANA_UID = 472  # the grafana/grafana image's user
 NODE_EXPORTER_PORT = 9100
 RULES_IN_CONTAINER = "/etc/prometheus/rules"
 GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
@@ -31,24 +33,22 @@ def dashboard_files(folder: Path = DASHBOARDS_DIR) -> list[Path]:
     return sorted(p for p in folder.glob("*.json") if p.is_file())
 
 
-def prometheus_variables(cfg: PlatformConfig, replica_names: list[str], port: int,
-                         rule_files: list[str], node_exporters: list[str] = ()) -> dict:
-    """Template variables of roles/prometheus_server/templates/prometheus.yml.j2 for the container."""
+def prometheus_variables(cfg: PlatformConfig, service_dns: str, port: int, rule_files: list[str],
+                         node_exporter_dns: str | None = None) -> dict:
+    """Template variables of roles/prometheus_server/templates/prometheus.yml.j2 for the container:
+    the replicas and node-exporters found through Docker's DNS (every address of each name)."""
     m = cfg.monitoring
     return {
         "prometheus_scrape_interval": m.scrapeInterval,
         "prometheus_evaluation_interval": m.evaluationInterval,
         "prometheus_external_labels": {"environment": cfg.stack},
         "prometheus_rule_files": rule_files,
-        "prometheus_service_targets": [{"target": f"{n}:{port}", "instance": n} for n in replica_names],
-        "prometheus_node_exporter_targets": list(node_exporters) + list(m.nodeExporterTargets),
+        "prometheus_service_dns_sd": {"names": [service_dns], "port": port},
+        "prometheus_node_exporter_targets": list(m.nodeExporterTargets),
+        "prometheus_node_exporter_dns_sd": {"names": [node_exporter_dns], "port": NODE_EXPORTER_PORT}
+        if node_exporter_dns else None,
         "prometheus_self_target": f"localhost:{PROMETHEUS_PORT}",
     }
-
-
-def _labels(cfg: PlatformConfig, component: str) -> list[docker.ContainerLabelArgs]:
-    return [docker.ContainerLabelArgs(label="com.prediction.stack", value=cfg.stack),
-            docker.ContainerLabelArgs(label="com.prediction.component", value=component)]
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -59,11 +59,12 @@ class Monitoring(pulumi.ComponentResource):
     (secret; from ``grafanaAdminPassword`` config or generated).
     """
 
-    def __init__(self, name: str, cfg: PlatformConfig, networks: Networks, service: PredictionService,
+    def __init__(self, name: str, cfg: PlatformConfig, runtime, networks: Networks, service: PredictionService,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("prediction:monitoring:Monitoring", name, None, opts)
         self.name = name
         self.cfg = cfg
+        self.runtime = runtime
         self.child_opts = pulumi.ResourceOptions(parent=self)
         self.node_exporter = self._node_exporter(networks)
         self.prometheus = self._prometheus(networks, service)
@@ -82,97 +83,98 @@ class Monitoring(pulumi.ComponentResource):
     def _image(self, suffix: str, ref: str) -> docker.RemoteImage:
         return docker.RemoteImage(f"{self.name}-{suffix}-image", name=ref, keep_locally=True, opts=self.child_opts)
 
-    def _node_exporter(self, networks: Networks) -> docker.Container:
+    def _node_exporter(self, networks: Networks):
         """Host metrics for the brief's CPU/memory/disk checklist: the host's /proc, /sys and root
-        filesystem, read-only, seen from the host's PID namespace; scraped over the app network."""
+        filesystem, read-only, seen from the host's PID namespace (one engine; a Swarm service cannot
+        share the host's PID namespace); scraped over the app network. One per machine."""
         m, cfg = self.cfg.monitoring, self.cfg
         image = self._image("node-exporter", f"{m.nodeExporterImage}:{m.nodeExporterTag}")
-        return docker.Container(
-            f"{self.name}-node-exporter",
-            name=cfg.physical("node-exporter"),
+        return self.runtime.per_node(Workload(
+            name=f"{self.name}-node-exporter",
+            host=cfg.physical("node-exporter"),
+            component="node-exporter",
             image=image.image_id,
             command=["--path.rootfs=/host", f"--web.listen-address=:{NODE_EXPORTER_PORT}"],
-            pid_mode="host",
+            pid_host=True,
             # No rslave propagation (node-exporter's docs suggest it to see mounts made later): it needs
             # the host's / to be a shared mount, which systemd hosts have and containers often do not.
-            mounts=[docker.ContainerMountArgs(type="bind", source="/", target="/host", read_only=True)],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.app.name)],
-            healthcheck=docker.ContainerHealthcheckArgs(
-                tests=["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{NODE_EXPORTER_PORT}/metrics"],
-                interval="10s", timeout="3s", retries=5, start_period="5s"),
-            restart="unless-stopped",
-            labels=_labels(cfg, "node-exporter"),
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
-        )
+            mounts=[Mount(target="/host", bind_root=True)],
+            networks=[(networks.app, [])],
+            health=Health(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{NODE_EXPORTER_PORT}/metrics"],
+                          interval="10s", timeout="3s", retries=5, start_period="5s"),
+            stop_grace_seconds=5,
+            wait=False,
+        ), pulumi.ResourceOptions(parent=self, delete_before_replace=True))
 
-    def _prometheus(self, networks: Networks, service: PredictionService) -> docker.Container:
+    def _prometheus(self, networks: Networks, service: PredictionService):
         m, cfg = self.cfg.monitoring, self.cfg
         rules = alert_rule_files()
         if not rules:
             pulumi.log.warn(f"no alert rules in {ALERT_RULES_DIR}: Prometheus runs without alerts", self)
         rule_paths = [f"{RULES_IN_CONTAINER}/{p.name}" for p in rules]
-        # The replicas' stable aliases: replacing a replica changes neither this file nor the container.
+        # The replicas and node-exporters by DNS: replacing or scaling them changes neither this file nor
+        # Prometheus.
         self.prometheus_yml = pulumi.Output.from_input(templates.render(
             templates.PROMETHEUS_YML, **prometheus_variables(
-                cfg, service.aliases, service.port, rule_paths,
-                [f"{cfg.physical('node-exporter')}:{NODE_EXPORTER_PORT}"])))
+                cfg, self.runtime.discovery_name(service.service_alias), service.port, rule_paths,
+                node_exporter_dns=self.runtime.discovery_name(cfg.physical("node-exporter")))))
         image = self._image("prometheus", f"{m.prometheusImage}:{m.prometheusTag}")
-        volume = docker.Volume(f"{self.name}-prometheus-data", name=cfg.physical("prometheus-data"),
-                               opts=self.child_opts)
-        return docker.Container(
-            f"{self.name}-prometheus",
-            name=cfg.physical("prometheus"),
+        volume_name = cfg.physical("prometheus-data")
+        volume = self.runtime.volume(f"{self.name}-prometheus-data", volume_name, self.child_opts)
+        return self.runtime.run(Workload(
+            name=f"{self.name}-prometheus",
+            host=cfg.physical("prometheus"),
+            component="prometheus",
             image=image.image_id,
-            command=[
-                "--config.file=/etc/prometheus/prometheus.yml",
-                "--storage.tsdb.path=/prometheus",
-                f"--storage.tsdb.retention.time={m.retention}",
-            ],
-            uploads=[docker.ContainerUploadArgs(file="/etc/prometheus/prometheus.yml", content=self.prometheus_yml)]
-            + [docker.ContainerUploadArgs(file=path, content=p.read_text()) for path, p in zip(rule_paths, rules)],
-            volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path="/prometheus")],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.app.name)],
-            ports=[docker.ContainerPortArgs(internal=PROMETHEUS_PORT, external=m.prometheusHostPort,
-                                            ip=m.bindAddress)],
-            healthcheck=docker.ContainerHealthcheckArgs(
-                tests=["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"],
-                interval="10s", timeout="3s", retries=5, start_period="10s"),
-            restart="unless-stopped",
-            labels=_labels(cfg, "prometheus"),
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
-        )
+            command=["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
+                     f"--storage.tsdb.retention.time={m.retention}"],
+            files=[File("/etc/prometheus/prometheus.yml", self.prometheus_yml)]
+            + [File(path, p.read_text()) for path, p in zip(rule_paths, rules)],
+            mounts=[Mount(target="/prometheus", volume=volume, volume_name=volume_name)],
+            networks=[(networks.app, [])],
+            ports=[Port(PROMETHEUS_PORT, m.prometheusHostPort, m.bindAddress)],
+            health=Health(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"],
+                          interval="10s", timeout="3s", retries=5, start_period="10s"),
+            # Prometheus writes its head block on SIGTERM; killed, it replays the WAL at the next start.
+            stop_grace_seconds=30,
+            wait=False,
+            # Its data volume is on one node; one Prometheus at a time.
+            constraints=["node.role == manager"],
+            update_order="stop-first",
+        ), pulumi.ResourceOptions(parent=self, delete_before_replace=True))
 
-    def _grafana(self, networks: Networks) -> docker.Container:
-        """Provisioned by files uploaded into the container, rendered from the grafana_provisioning
-        role's templates (playbooks/grafana.yml copies the same files after a dashboard change)."""
+    def _grafana(self, networks: Networks):
+        """Provisioned by files given to the container, rendered from the grafana_provisioning role's
+        templates (playbooks/grafana.yml copies the same files after a dashboard change)."""
         m, cfg = self.cfg.monitoring, self.cfg
         files = grafana_files(cfg, f"http://{cfg.physical('prometheus')}:{PROMETHEUS_PORT}")
         if not dashboard_files():
             pulumi.log.warn(f"no dashboards in {DASHBOARDS_DIR}: Grafana starts without dashboards", self)
         image = self._image("grafana", f"{m.grafanaImage}:{m.grafanaTag}")
-        volume = docker.Volume(f"{self.name}-grafana-data", name=cfg.physical("grafana-data"), opts=self.child_opts)
-        return docker.Container(
-            f"{self.name}-grafana",
-            name=cfg.physical("grafana"),
+        volume_name = cfg.physical("grafana-data")
+        volume = self.runtime.volume(f"{self.name}-grafana-data", volume_name, self.child_opts)
+        return self.runtime.run(Workload(
+            name=f"{self.name}-grafana",
+            host=cfg.physical("grafana"),
+            component="grafana",
             image=image.image_id,
-            envs=[
-                "GF_SECURITY_ADMIN_USER=admin",
-                pulumi.Output.format("GF_SECURITY_ADMIN_PASSWORD={0}", self.grafana_admin_password),
-                "GF_USERS_ALLOW_SIGN_UP=false",
-                "GF_ANALYTICS_REPORTING_ENABLED=false",
-                "GF_ANALYTICS_CHECK_FOR_UPDATES=false",
-            ],
-            uploads=[docker.ContainerUploadArgs(file=path, content=content) for path, content in files.items()],
-            volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path="/var/lib/grafana")],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.app.name)],
-            ports=[docker.ContainerPortArgs(internal=GRAFANA_PORT, external=m.grafanaHostPort, ip=m.bindAddress)],
-            healthcheck=docker.ContainerHealthcheckArgs(
-                tests=["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{GRAFANA_PORT}/api/health"],
-                interval="10s", timeout="3s", retries=5, start_period="20s"),
-            restart="unless-stopped",
-            labels=_labels(cfg, "grafana"),
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
-        )
+            env=["GF_SECURITY_ADMIN_USER=admin", "GF_USERS_ALLOW_SIGN_UP=false", "GF_ANALYTICS_REPORTING_ENABLED=false",
+                 "GF_ANALYTICS_CHECK_FOR_UPDATES=false"],
+            # Grafana's own file convention is a double underscore: GF_SECURITY_ADMIN_PASSWORD__FILE.
+            secret_env={"GF_SECURITY_ADMIN_PASSWORD": self.grafana_admin_password},
+            secret_uid=GRAFANA_UID,
+            secret_file_suffix="__FILE",
+            files=[File(path, content) for path, content in files.items()],
+            mounts=[Mount(target="/var/lib/grafana", volume=volume, volume_name=volume_name)],
+            networks=[(networks.app, [])],
+            ports=[Port(GRAFANA_PORT, m.grafanaHostPort, m.bindAddress)],
+            health=Health(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{GRAFANA_PORT}/api/health"],
+                          interval="10s", timeout="3s", retries=5, start_period="20s"),
+            stop_grace_seconds=10,
+            wait=False,
+            constraints=["node.role == manager"],
+            update_order="stop-first",
+        ), pulumi.ResourceOptions(parent=self, delete_before_replace=True))
 
 
 def grafana_files(cfg: PlatformConfig, prometheus_url: str) -> dict[str, str]:

@@ -1,40 +1,27 @@
-"""Per-stack Docker networks: one for the application tier, one internal one for the data layer."""
+"""Per-stack networks: one for the application tier, one (internal) for the data layer."""
 from __future__ import annotations
 
 import pulumi
-import pulumi_docker as docker
 
 from config import PlatformConfig
 
 
 class Networks(pulumi.ComponentResource):
-    """``app``: gateway, replicas and monitoring. ``data``: database, cache and the replicas only.
+    """``app``: gateway, replicas and monitoring. ``data``: database, cache, the replicas, the migrate
+    job and the ops toolbox.
 
-    With ``network.dataInternal`` (staging/prod) the data network has no route in or out of the
-    host, so the database and Redis are reachable from the replicas and nothing else.
+    With ``network.dataInternal`` (staging/prod) the data network has no route in or out, so the
+    database and Redis are reachable from the replicas and nothing else. Bridge networks on one
+    engine, overlay networks on a Swarm (infra/runtime.py).
     """
 
-    def __init__(self, name: str, cfg: PlatformConfig, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, cfg: PlatformConfig, runtime, opts: pulumi.ResourceOptions | None = None):
         super().__init__("prediction:network:Networks", name, None, opts)
-        child_opts = pulumi.ResourceOptions(parent=self)
-        labels = [docker.NetworkLabelArgs(label="com.prediction.stack", value=cfg.stack)]
-
-        self.app = docker.Network(
-            f"{name}-app",
-            name=cfg.physical("app"),
-            driver="bridge",
-            internal=False,
-            labels=labels,
-            opts=child_opts,
-        )
-        self.data = docker.Network(
-            f"{name}-data",
-            name=cfg.physical("data"),
-            driver="bridge",
-            internal=cfg.network.dataInternal,
-            labels=labels,
-            opts=child_opts,
-        )
+        # Fixed names: a changed network must go before its replacement can have the name, and the
+        # containers on it are replaced with it (the provider's default would be create-before-delete).
+        child_opts = pulumi.ResourceOptions(parent=self, delete_before_replace=True)
+        self.app = runtime.network(f"{name}-app", cfg.physical("app"), False, child_opts)
+        self.data = runtime.network(f"{name}-data", cfg.physical("data"), cfg.network.dataInternal, child_opts)
         self.app_name = self.app.name
         self.data_name = self.data.name
         self.register_outputs({"app": self.app.name, "data": self.data.name})

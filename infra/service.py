@@ -1,8 +1,6 @@
 """The prediction service: its image (built from service/, or a released tag) and N replica containers."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 
 import pulumi
@@ -13,10 +11,18 @@ from config import REPO_ROOT, PlatformConfig
 from database import APP_ROLE, Database
 from network import Networks
 from passwords import secret_or_generated
+from runtime import Health, Mount, Workload
 
 SERVICE_DIR = REPO_ROOT / "service"
 DOCKERFILE = SERVICE_DIR / "Dockerfile"
-STOP_TIMEOUT_SECONDS = 45
+# What a replica needs to stop cleanly: in-flight requests (PREDICTION_REQUEST_TIMEOUT_SECONDS + 1 s),
+# then the prediction writer's flush (up to 30 s). Docker's `docker stop` uses stop_timeout; a Pulumi
+# delete uses destroy_grace_seconds (pulumi-docker: 0 when unset, i.e. SIGKILL at once, and every
+# queued row lost), so both are set to it.
+SHUTDOWN_BUDGET_SECONDS = 45
+# Where `python -m prediction_service migrate --stay-up` marks the database migrated.
+MIGRATED_MARKER = "/tmp/migrated"
+SERVICE_UID = 10001  # service/Dockerfile's user app, who reads the secret files
 
 
 def build_args(target: str | None = None) -> docker.DockerBuildArgs:
@@ -34,49 +40,68 @@ def build_args(target: str | None = None) -> docker.DockerBuildArgs:
 
 class PredictionService(pulumi.ComponentResource):
     """Runs ``service.replicas`` containers of the service image on the app network (gateway,
-    Prometheus) and the data network (database, Redis), after a one-shot migrate job.
+    Prometheus) and the data network (database, Redis), after the migrate job.
 
     The image is ``service.image`` when set (a released tag: rolling back is setting the previous one)
-    and otherwise built from ``service/Dockerfile``. Each replica answers on a stable network alias,
-    ``<prefix>-service-N``, which the gateway and Prometheus use; its container name adds a digest of
-    its inputs, so a changed replica is replaced create-before-delete: the new one is healthy before
-    the old one stops, and the gateway never runs out of replicas.
+    and otherwise built from ``service/Dockerfile``. Every replica answers on the shared network
+    alias ``<prefix>-service`` (the gateway and Prometheus resolve it to every replica, so scaling
+    changes neither) and on its own, ``<prefix>-service-N``. Its container name adds a digest of
+    the inputs that force a replacement, so a changed replica is replaced create-before-delete: the
+    new one is healthy before the old one is stopped, with its shutdown budget, in the delete phase.
 
-    Outputs: ``replica_names`` (the aliases), ``port``, ``api_key`` (secret), ``image``.
+    Outputs: ``replica_names`` (the per-replica aliases), ``service_alias``, ``port``, ``api_key``
+    (secret), ``image``.
     """
 
-    def __init__(self, name: str, cfg: PlatformConfig, networks: Networks, database: Database, cache: Cache,
-                 opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, cfg: PlatformConfig, runtime, networks: Networks, database: Database,
+                 cache: Cache, opts: pulumi.ResourceOptions | None = None):
         super().__init__("prediction:service:PredictionService", name, None, opts)
         child_opts = pulumi.ResourceOptions(parent=self)
         s = cfg.service
         self.api_key = secret_or_generated(cfg.secrets.apiKey, f"{name}-api-key", 48, child_opts)
         self.jwt_secret = secret_or_generated(cfg.secrets.jwtSecret, f"{name}-jwt-secret", 48, child_opts)
         self.image_ref = self._image(name, cfg, child_opts)
-        self.models_volume, models_mount = self._models(name, cfg, child_opts)
-        self.migrate = self._migrate_job(name, cfg, networks, database, child_opts)
-        # The service's database URL exists only once the migrate job exited 0, so a failed
-        # migration fails the deployment before any replica is touched.
-        app_db_url = pulumi.Output.all(database.url(app=True), self.migrate.exit_code, self.migrate.name).apply(
-            lambda args: _after_migration(*args))
-        env = [
-            pulumi.Output.secret(pulumi.Output.format("PREDICTION_TIMESCALE_URL={0}", app_db_url)),
-            pulumi.Output.format("PREDICTION_REDIS_URL={0}", cache.url()),
-            f"PREDICTION_MODEL_PATH={s.modelPath}",
-            pulumi.Output.format("PREDICTION_API_KEY={0}", self.api_key),
-            pulumi.Output.format("PREDICTION_JWT_SECRET={0}", self.jwt_secret),
-            "PREDICTION_HOST=0.0.0.0",
-            f"PREDICTION_PORT={s.port}",
-            f"PREDICTION_LOG_LEVEL={s.logLevel.upper()}",
-        ] + [f"{k}={v}" for k, v in sorted(s.env.items())]
-
-        self.aliases = [cfg.physical(f"service-{i}") for i in range(1, s.replicas + 1)]
-        self.replicas = [self._replica(f"{name}-{i}", alias, cfg, networks, env, models_mount)
-                         for i, alias in enumerate(self.aliases, start=1)]
+        self.models_volume, models_mount = self._models(name, cfg, runtime, child_opts)
+        self.migrate = self._migrate_job(name, cfg, runtime, networks, database, child_opts)
+        self.service_alias = cfg.physical("service")
+        self.aliases = [f"{self.service_alias}-{i}" for i in range(1, s.replicas + 1)]
+        probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{s.port}/health', timeout=3)"
+        # The URLs are built from plain names, not from the database's and Redis's outputs: a property
+        # dependency on a container that is replaced delete-before-replace (every docker.Container, by
+        # pulumi-docker's choice) would make Pulumi delete every replica first (step_generator.go
+        # calculateDependentReplacements). depends_on orders them without that.
+        workload = Workload(
+            name=name,
+            host=self.service_alias,
+            component="service",
+            image=self.image_ref,
+            env=[f"PREDICTION_REDIS_URL={cache.url()}", f"PREDICTION_MODEL_PATH={s.modelPath}",
+                 "PREDICTION_HOST=0.0.0.0", f"PREDICTION_PORT={s.port}", f"PREDICTION_GRPC_PORT={s.grpcPort}",
+                 f"PREDICTION_LOG_LEVEL={s.logLevel.upper()}"] + [f"{k}={v}" for k, v in sorted(s.env.items())],
+            secret_env={"PREDICTION_TIMESCALE_URL": database.url(app=True), "PREDICTION_API_KEY": self.api_key,
+                        "PREDICTION_JWT_SECRET": self.jwt_secret},
+            secret_uid=SERVICE_UID,
+            networks=[(networks.app, []), (networks.data, [])],
+            mounts=[models_mount],
+            health=Health(["CMD", "python", "-c", probe], interval="10s", timeout="5s", retries=3,
+                          start_period="20s"),
+            memory_mb=s.memoryMb,
+            cpus=s.cpus,
+            memory_reserved_mb=s.memoryReservedMb,
+            cpus_reserved=s.cpusReserved,
+            stop_timeout=SHUTDOWN_BUDGET_SECONDS,
+            stop_grace_seconds=SHUTDOWN_BUDGET_SECONDS,
+            restart="on-failure",
+            max_retry_count=s.maxRetryCount,
+            wait_timeout=120,
+        )
+        self.replicas = runtime.replicas(workload, s.replicas, pulumi.ResourceOptions(
+            parent=self, depends_on=[database.container, cache.container, self.migrate]))
         self.port = s.port
+        self.grpc_port = s.grpcPort
         self.replica_names = pulumi.Output.from_input(self.aliases)
-        self.register_outputs({"replica_names": self.replica_names, "image": self.image_ref,
-                               "api_key": self.api_key})
+        self.register_outputs({"replica_names": self.replica_names, "service_alias": self.service_alias,
+                               "image": self.image_ref, "api_key": self.api_key})
 
     def _image(self, name: str, cfg: PlatformConfig, opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
         s = cfg.service
@@ -86,93 +111,42 @@ class PredictionService(pulumi.ComponentResource):
                             skip_push=True, build_on_preview=s.buildOnPreview, opts=opts).repo_digest
 
     @staticmethod
-    def _models(name: str, cfg: PlatformConfig, opts: pulumi.ResourceOptions):
-        """The image ships no models: a host folder (dev) or the stack's named volume, which
-        playbooks/models.yml fills. Replicas only read them."""
+    def _models(name: str, cfg: PlatformConfig, runtime, opts: pulumi.ResourceOptions):
+        """The image ships no models: a host folder (dev; on a Swarm, one present on every node) or the
+        stack's named volume, which playbooks/models.yml fills. Replicas only read them."""
         s = cfg.service
         if s.modelsHostPath is not None:
-            return None, docker.ContainerVolumeArgs(host_path=str(REPO_ROOT / s.modelsHostPath),
-                                                    container_path=s.modelPath, read_only=True)
-        volume = docker.Volume(f"{name}-models", name=cfg.physical("models"), opts=opts)
-        return volume, docker.ContainerVolumeArgs(volume_name=volume.name, container_path=s.modelPath,
-                                                  read_only=True)
+            return None, Mount(target=s.modelPath, host_path=str(REPO_ROOT / s.modelsHostPath), read_only=True)
+        volume_name = cfg.physical("models")
+        volume = runtime.volume(f"{name}-models", volume_name, opts)
+        return volume, Mount(target=s.modelPath, volume=volume, volume_name=volume_name, read_only=True)
 
-    def _migrate_job(self, name: str, cfg: PlatformConfig, networks: Networks, database: Database,
-                     opts: pulumi.ResourceOptions) -> docker.Container:
+    def _migrate_job(self, name: str, cfg: PlatformConfig, runtime, networks: Networks, database: Database,
+                     opts: pulumi.ResourceOptions):
         """The image's migrations, applied as the owner, then prediction_app given LOGIN and its
-        password (a rotated appDbPassword takes effect on the next `pulumi up`). One-shot: attach
-        waits for the exit."""
-        return docker.Container(
-            f"{name}-migrate",
-            name=cfg.physical("migrate"),
+        password; the container then stays up, healthy, and `pulumi up` waits for that (``wait``).
+
+        Why not a one-shot job: pulumi-docker records a finished container's exit code and never runs
+        it again while its inputs stay the same, so a failed migration would stay failed. A job that
+        never turns healthy fails its create instead; Pulumi keeps it with init errors, and
+        ``replace_on_changes=["*"]`` makes the next plain `pulumi up` replace it (run it again)
+        (step_generator.go applyReplaceOnChanges, "#initerror"). A new image (new migrations) or a
+        rotated password changes its inputs, which replaces it too. (On a Swarm it is a one-task service
+        whose failed create the provider deletes: the next `pulumi up` creates it again.)"""
+        return runtime.job(Workload(
+            name=f"{name}-migrate",
+            host=cfg.physical("migrate"),
+            component="migrate",
             image=self.image_ref,
-            command=["python", "-m", "prediction_service", "migrate", "--app-role", APP_ROLE],
-            envs=[
-                pulumi.Output.secret(pulumi.Output.format("PREDICTION_TIMESCALE_URL={0}", database.url())),
-                pulumi.Output.format("PREDICTION_APP_DB_PASSWORD={0}", database.app_password),
-            ],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.data.name)],
-            must_run=False,
-            attach=True,
-            logs=True,
+            command=["python", "-m", "prediction_service", "migrate", "--app-role", APP_ROLE, "--stay-up"],
+            secret_env={"PREDICTION_TIMESCALE_URL": database.url(),
+                        "PREDICTION_APP_DB_PASSWORD": database.app_password},
+            secret_uid=SERVICE_UID,
+            networks=[(networks.data, [])],
+            health=Health(["CMD", "test", "-f", MIGRATED_MARKER], interval="1s", timeout="2s", retries=1,
+                          start_period="0s"),
+            wait_timeout=cfg.service.migrateTimeoutSeconds,
             restart="no",
-            labels=labels(cfg, "migrate"),
-            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(delete_before_replace=True)),
-        )
-
-    def _replica(self, resource_name: str, alias: str, cfg: PlatformConfig, networks: Networks,
-                 env: list, models_mount: docker.ContainerVolumeArgs) -> docker.Container:
-        s = cfg.service
-        env = env + [f"PREDICTION_INSTANCE={alias}"]
-        probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{s.port}/health', timeout=3)"
-        # Every setting below in plain values: the container name carries a digest of them (and of
-        # the image and environment), so whatever changes a replica also renames it, and Pulumi's
-        # default create-before-delete replacement applies instead of a name collision.
-        plain = dict(
-            hostname=alias,
-            healthcheck=dict(tests=["CMD", "python", "-c", probe], interval="10s", timeout="5s", retries=3,
-                             start_period="20s"),
-            restart="on-failure",
-            max_retry_count=s.maxRetryCount,
-            # Docker's default 10 s before SIGKILL is shorter than a graceful stop: in-flight
-            # requests (PREDICTION_REQUEST_TIMEOUT_SECONDS + 1 s), then the prediction writer's
-            # flush (up to 30 s) — rows still queued at a SIGKILL would be lost.
-            stop_timeout=STOP_TIMEOUT_SECONDS,
-            cpus=None if s.cpus is None else f"{s.cpus:g}",
-            memory=s.memoryMb,
-            wait=True,
-            wait_timeout=120,
-        )
-        mounts = {"models": s.modelsHostPath or cfg.physical("models"), "path": s.modelPath}
-        digest = pulumi.Output.unsecret(pulumi.Output.all(self.image_ref, env).apply(
-            lambda parts: _digest([parts, plain, mounts, cfg.stack])))
-        return docker.Container(
-            resource_name,
-            name=pulumi.Output.concat(alias, "-", digest),
-            image=self.image_ref,
-            envs=env,
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks.app.name, aliases=[alias]),
-                               docker.ContainerNetworksAdvancedArgs(name=networks.data.name, aliases=[alias])],
-            volumes=[models_mount],
-            labels=labels(cfg, "service") + [docker.ContainerLabelArgs(label="com.prediction.instance", value=alias)],
-            **{**plain, "healthcheck": docker.ContainerHealthcheckArgs(**plain["healthcheck"])},
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-
-
-def labels(cfg: PlatformConfig, component: str) -> list[docker.ContainerLabelArgs]:
-    return [docker.ContainerLabelArgs(label="com.prediction.stack", value=cfg.stack),
-            docker.ContainerLabelArgs(label="com.prediction.component", value=component)]
-
-
-def _digest(parts: list) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def _after_migration(app_url: str, exit_code: int | None, container: str) -> str:
-    """The service's database URL, once the migrate job has exited 0 (None: not known yet, as in a
-    preview)."""
-    if exit_code not in (None, 0):
-        raise RuntimeError(f"the migrate job {container} exited {exit_code}: read `docker logs {container}`, "
-                           f"fix the database or the migration, then run pulumi up again")
-    return app_url
+            stop_grace_seconds=15,  # idle after the migration; nothing to drain (but a slow machine is slow to stop it)
+        ), pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+            delete_before_replace=True, replace_on_changes=["*"], depends_on=[database.container])))

@@ -105,6 +105,7 @@ print_urls() {
   echo "  gateway     $LOCALENV_URL  (self-signed certificate: $LOCALENV_CACERT)"
   echo "  http        $LOCALENV_HTTP_URL  (redirects to HTTPS)"
   echo "  instances   $LOCALENV_SERVICE_URLS"
+  echo "  gRPC        ${LOCALENV_URL#https://} (TLS, through the gateway); instances $LOCALENV_SERVICE_GRPC_ADDRESSES"
   echo "  prometheus  $LOCALENV_PROMETHEUS_URL"
   echo "  node        $LOCALENV_NODE_EXPORTER_URL/metrics"
   echo "  postgres    ${LOCALENV_DB_URL%%:*}://…@${LOCALENV_DB_URL##*@}  (password in $VAR_DIR/secrets.env unless PREDICTION_DB_PASSWORD is set)"

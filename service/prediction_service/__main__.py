@@ -53,6 +53,7 @@ def serve() -> int:
     from aiohttp import web
 
     from .app import KEEPALIVE_TIMEOUT, create_app
+    from .oip_grpc.server import GrpcPortError
 
     log = logging.getLogger("prediction_service")
     app = create_app(settings)
@@ -76,6 +77,9 @@ def serve() -> int:
                     keepalive_timeout=KEEPALIVE_TIMEOUT,
                     shutdown_timeout=settings.request_timeout_seconds + 1.0,
                     loop=uvloop.new_event_loop(), print=None, handle_signals=True)
+    except GrpcPortError as exc:
+        log.error("%s", exc)
+        return 1
     except OSError as exc:
         # The listening socket (a taken port, an address this host does not have): one log line that
         # says so, like every other line of this log, rather than a traceback.
@@ -105,6 +109,9 @@ def app_has_models(app) -> bool:
 
 
 APP_PASSWORD_ENV = "PREDICTION_APP_DB_PASSWORD"
+# Written by `migrate --stay-up` once the database is migrated: what the migrate job's healthcheck
+# tests, so a deployment can wait for "migrated" the way it waits for "healthy".
+MIGRATED_MARKER = "/tmp/migrated"
 
 
 def migrate(argv: list[str]) -> int:
@@ -112,19 +119,25 @@ def migrate(argv: list[str]) -> int:
     in $PREDICTION_APP_DB_PASSWORD (the service's least-privilege login; migration 0005)."""
     import argparse
 
-    from .config import ConfigError, load_database_url, redact_url
+    from .config import ConfigError, load_database_url, redact_url, with_files
 
     parser = argparse.ArgumentParser(prog="python -m prediction_service migrate")
     parser.add_argument("--app-role", help=f"role to enable for the service, password from ${APP_PASSWORD_ENV}")
+    parser.add_argument("--stay-up", action="store_true",
+                        help=f"after migrating, write {MIGRATED_MARKER} and wait until stopped (a deployment "
+                             f"waits on the container's healthcheck; a failure exits non-zero)")
     args = parser.parse_args(argv)
+    if args.stay_up and os.path.exists(MIGRATED_MARKER):
+        os.remove(MIGRATED_MARKER)  # a restarted job is healthy again only once it has migrated again
     try:
         dsn = load_database_url()
+        password = with_files(os.environ).get(APP_PASSWORD_ENV, "")
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    password = os.environ.get(APP_PASSWORD_ENV, "")
     if args.app_role and not password:
-        print(f"configuration error: --app-role {args.app_role} needs its password in {APP_PASSWORD_ENV}",
+        print(f"configuration error: --app-role {args.app_role} needs its password in {APP_PASSWORD_ENV} "
+              f"(or a file named by {APP_PASSWORD_ENV}_FILE)",
               file=sys.stderr)
         return 2
     from .storage import MigrationError, apply_migrations, enable_login
@@ -140,7 +153,23 @@ def migrate(argv: list[str]) -> int:
     except MigrationError as exc:
         print(f"migration error: {exc}", file=sys.stderr)
         return 1
+    if args.stay_up:
+        _stay_up()
     return 0
+
+
+def _stay_up() -> None:
+    """Mark the database migrated, then sleep until SIGTERM/SIGINT (then exit 0)."""
+    import signal
+
+    with open(MIGRATED_MARKER, "w") as f:
+        f.write("migrated\n")
+    sys.stdout.flush()
+    stop = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.append(True))
+    while not stop:
+        signal.pause()
 
 
 def main(argv: list[str]) -> int:
@@ -150,7 +179,7 @@ def main(argv: list[str]) -> int:
         return migrate(argv[1:])
     if argv == ["check-config"]:
         return check_config()
-    print("usage: python -m prediction_service [migrate [--app-role NAME] | check-config]", file=sys.stderr)
+    print("usage: python -m prediction_service [migrate [--app-role NAME] [--stay-up] | check-config]", file=sys.stderr)
     return 2
 
 

@@ -6,19 +6,23 @@ import logging
 
 from aiohttp import web
 
-from . import handlers
+from . import handlers, metrics, middleware
 from .auth import Authenticator
 from .cache import LocalCache, PredictionCache, RedisTier
 from .config import Settings, redact_url
 from .deadlines import Deadlines
 from .middleware import service_middleware
 from .models import ModelRegistry, load_models
+from .oip_grpc import server as oip_grpc
 from .openapi import build_openapi
 from .repeats import Repeats
 from .state import STATE, ServiceState
 from .v2 import handlers as v2
 
 log = logging.getLogger(__name__)
+
+# API requests being handled, REST and gRPC: read when Prometheus scrapes.
+metrics.requests_in_progress.set_function(lambda: middleware.in_progress() + oip_grpc.in_progress())
 
 # Longer than nginx's default upstream keep-alive (60 s) so the proxy, not us, closes idle
 # connections — otherwise nginx may reuse a connection we are closing and answer 502.
@@ -85,5 +89,9 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> web
         repeats=Repeats(local, settings.local_cache_size))
     add_routes(app)
     app.cleanup_ctx.append(_external_clients)
+    # After the clients: gRPC calls start once they exist, and end before the writer flushes.
+    grpc_listener = oip_grpc.GrpcListener()
+    app.cleanup_ctx.append(grpc_listener.run)
     app.on_shutdown.append(_mark_shutting_down)
+    app.on_shutdown.append(grpc_listener.stop)
     return app

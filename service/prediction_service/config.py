@@ -40,6 +40,7 @@ class Settings:
     jwt_secret: str
     host: str = "0.0.0.0"
     port: int = 8000
+    grpc_port: int = 8001  # the Open Inference Protocol over gRPC (oip_grpc/); 0 = off
     instance: str = ""
     cache_ttl_seconds: int = 300
     local_cache_size: int = 10000
@@ -167,6 +168,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "jwt_secret": _secret(MIN_JWT_SECRET_BYTES, "HS256 secret"),
     "host": _host,
     "port": _int_between(1, 65535),
+    "grpc_port": _int_between(0, 65535),
     "instance": _instance,
     "cache_ttl_seconds": _int_between(1),
     "local_cache_size": _int_between(0),
@@ -194,9 +196,32 @@ def _parse_one(env: Mapping[str, str], name: str):
         raise ConfigError(var, str(exc)) from None
 
 
+FILE_SUFFIX = "_FILE"
+
+
+def with_files(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with each ``PREDICTION_<NAME>_FILE`` read into ``PREDICTION_<NAME>`` (the convention of
+    the docker-library images: Docker secrets arrive as files under /run/secrets/). Setting both is an
+    error; the file's trailing newline is not part of the value."""
+    out = dict(env)
+    for key, path in env.items():
+        if not (key.startswith(PREFIX) and key.endswith(FILE_SUFFIX)):
+            continue
+        var = key[: -len(FILE_SUFFIX)]
+        if env.get(var):
+            raise ConfigError(key, f"is set together with {var}: set one of them")
+        try:
+            with open(path, encoding="utf-8") as f:
+                out[var] = f.read().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+    return out
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every ``PREDICTION_*`` variable; raise ConfigError on the first bad one."""
-    env = os.environ if env is None else env
+    """Read and validate every ``PREDICTION_*`` variable (or its ``_FILE``); raise ConfigError on the
+    first bad one."""
+    env = with_files(os.environ if env is None else env)
     values = {}
     for f in fields(Settings):
         var = env_name(f.name)
@@ -207,16 +232,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         values[f.name] = _parse_one(env, f.name)
     if not values.get("instance"):
         values["instance"] = socket.gethostname()
-    unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in {env_name(f.name) for f in fields(Settings)})
+    known = {env_name(f.name) for f in fields(Settings)}
+    unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known and k.removesuffix(FILE_SUFFIX) not in known)
     if unknown:
         # Not fatal (other tools may set their own PREDICTION_* names) but a typo should be visible.
         logging.getLogger(__name__).warning("ignoring unknown settings: %s", ", ".join(unknown))
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.grpc_port == settings.port:
+        raise ConfigError(env_name("grpc_port"), f"must differ from {env_name('port')} ({settings.port}): "
+                          "REST and gRPC listen on ports of their own (0 turns gRPC off)")
+    return settings
 
 
 def load_database_url(env: Mapping[str, str] | None = None) -> str:
-    """Only ``PREDICTION_TIMESCALE_URL`` (what ``python -m prediction_service migrate`` needs)."""
-    env = os.environ if env is None else env
+    """Only ``PREDICTION_TIMESCALE_URL`` or its ``_FILE`` (what ``python -m prediction_service migrate``
+    needs)."""
+    env = with_files(os.environ if env is None else env)
     var = env_name("timescale_url")
     if not env.get(var):
         raise ConfigError(var, "is required but not set (see docs/CONTRACTS.md for its meaning)")

@@ -52,10 +52,15 @@ def _metric_children(endpoint: str, method: str, status: int) -> tuple:
     return found
 
 
-# API requests being handled by this process. The gauge reads it when scraped: a Gauge.inc()/dec()
-# pair per request takes a lock twice, for a value nobody reads between scrapes.
+# API requests being handled by this process. The gauge reads it when scraped (app.py wires it): a
+# Gauge.inc()/dec() pair per request takes a lock twice, for a value nobody reads between scrapes.
 _in_progress = 0
-metrics.requests_in_progress.set_function(lambda: _in_progress)
+
+
+def in_progress() -> int:
+    return _in_progress
+
+
 _rejected_overload = metrics.requests_rejected_total.labels("overload")
 _rejected_timeout = metrics.requests_rejected_total.labels("timeout")
 

@@ -84,7 +84,11 @@ async def predict_rows(state: ServiceState, model: Model, rows: list[list[float]
 
 def request_id(request: web.Request) -> str:
     """The client's X-Request-ID when it is a UUID, else a fresh random id."""
-    supplied = request.headers.get("X-Request-ID")
+    return request_id_from(request.headers.get("X-Request-ID"))
+
+
+def request_id_from(supplied: str | None) -> str:
+    """``supplied`` (a client's request id: header or gRPC metadata) when it is a UUID, else a fresh random id."""
     if supplied:
         try:
             return str(uuid.UUID(supplied))  # only well-formed UUIDs are trusted into the log table

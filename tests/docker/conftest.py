@@ -1,7 +1,7 @@
 """The Docker suite: each Pulumi stack the tests need, created from the real stack file on a real
-Docker engine (tests/docker/dockerstack), under a unique name prefix and on free loopback ports so it
-never meets a developer's own `make stack-up`. Stacks are started once per session and removed at
-the end, also when a test fails.
+Docker engine by the stack emulator (stack_emulator/, as `make stack-up` does), under a unique name
+prefix and on free loopback ports so it never meets a developer's own `make stack-up`. Stacks are
+started once per session and removed after the last Docker test, also when a test fails.
 
 Without an engine the suite is skipped with one line; under CI (CI=true) it fails instead: CI makes
 sure an engine runs (.ci/run, scripts/docker-engine.sh).
@@ -13,6 +13,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from docker_support import StackClient  # noqa: E402
-from dockerstack import stack as harness  # noqa: E402
-from dockerstack.images import Images  # noqa: E402
+
+from stack_emulator import stack as emulator  # noqa: E402
+from stack_emulator.engine import EngineMissing, engine_client  # noqa: E402
+from stack_emulator.images import Images  # noqa: E402
 
 
 # Removes every stack started so far; called after the last Docker test, so the stacks do not keep
@@ -48,12 +51,12 @@ def pytest_collection_modifyitems(items):
 def docker_engine():
     """The engine, with everything the stacks' images need; else one skip line (a failure under CI)."""
     try:
-        client = harness.engine_client()
+        client = engine_client()
         missing = Images(client).unbuildable()
         if missing:
-            raise harness.StackError("; ".join(missing))
+            raise emulator.StackError("; ".join(missing))
         return client
-    except harness.StackError as exc:
+    except (EngineMissing, emulator.StackError) as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"Docker suite is mandatory under CI: {exc}")
         pytest.skip(f"Docker suite skipped: {exc} (make test-docker runs only this suite)")
@@ -68,19 +71,25 @@ def stacks(docker_engine):
 
     def get(stack: str) -> StackClient:
         if stack not in running:
+            started = time.monotonic()
             try:
-                run = harness.up(stack, prefix=f"t{run_id}-{stack}", ports="free", var_dir=var_dir)
-            except harness.StackError as exc:
+                run = emulator.up(stack, prefix=f"t{run_id}-{stack}", ports="free", var_dir=var_dir, quiet=True)
+            except emulator.StackError as exc:
                 pytest.fail(str(exc))
-            print(f"\n[docker] stack {stack} ({run.prefix}-*) healthy in {run.deployment.seconds_to_healthy:.0f}s; "
-                  f"ports: {', '.join(f'{c}:{p}->{hp}' for (c, p), (_, hp) in sorted(run.deployment.ports.items()))}")
+            print(f"\n[docker] stack {stack} ({run.prefix}-*) up and healthy in {time.monotonic() - started:.0f}s "
+                  f"(images already built; {len(run.plan.steps)} resources); gateway {run.env['GATEWAY_URL']}")
             running[stack] = StackClient(run)
+            running[stack].up_seconds = time.monotonic() - started
+            running[stack].first_apply_seconds = run.apply_seconds
         return running[stack]
 
     def stop_all():
         while running:
             stack, _ = running.popitem()
-            harness.down(stack, var_dir=var_dir)
+            try:
+                emulator.down(stack, var_dir=var_dir, unprotect=True, quiet=True)
+            except emulator.StackError as exc:
+                print(f"[docker] removing stack {stack} failed: {exc}")
         shutil.rmtree(var_dir, ignore_errors=True)
 
     _stop_stacks.append(stop_all)

@@ -5,15 +5,21 @@ Not in conftest.py so test modules import it by a unique name (several conftest.
 """
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import threading
+import time
 from dataclasses import dataclass, field
 
 import docker
 import requests
 
-from dockerstack.stack import RunningStack, engine_client, playbook
 from harness.waiting import wait_until
+
+from stack_emulator import stack as emulator
+from stack_emulator.engine import engine_client
+from stack_emulator.stack import RunningStack, playbook
 
 IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
@@ -65,14 +71,57 @@ class Load:
         wait_until(lambda: len(self.results) >= start + n, timeout, f"{n} more requests through the gateway")
 
 
+def derived_image(stack: "StackClient", tag: str, lines: list[str], files: dict[str, str] | None = None) -> str:
+    """Build ``prediction-service:<tag>`` FROM the image the stack's replicas run, plus Dockerfile
+    ``lines`` (``files``: name -> content in the build context); returns its image id."""
+    base = stack.service_image()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, text in {"Dockerfile": "\n".join([f"FROM {base}", *lines]) + "\n", **(files or {})}.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    image, _ = stack.docker.images.build(fileobj=io.BytesIO(context.getvalue()), custom_context=True,
+                                         tag=f"prediction-service:{tag}", rm=True)
+    return image.id
+
+
+def settled_rows(stack: "StackClient") -> int:
+    """The number of prediction rows once the writers have flushed what they hold (it stopped growing)."""
+    last = [-1]
+
+    def steady():
+        n = int(stack.scalar("SELECT count(*) FROM predictions"))
+        done, last[0] = n == last[0], n
+        return done and (n,)
+    time.sleep(1)
+    return wait_until(steady, 60, "the prediction rows to stop growing", interval=1.5)[0]
+
+
 class StackClient:
     def __init__(self, run: RunningStack):
+        self._use(run)
+        self.docker: docker.DockerClient = engine_client()
+
+    def _use(self, run: RunningStack) -> None:
         self.run = run
         self.env = run.env
         self.url = run.env["GATEWAY_URL"]
         self.cacert = run.env["CA_CERT"]
         self.api_key = run.env["PREDICTION_API_KEY"]
-        self.docker: docker.DockerClient = engine_client()
+
+    def service_image(self) -> str:
+        """The image the replicas run."""
+        return self.container("service-1").attrs["Config"]["Image"]
+
+    def up(self, config: dict | None = None, replace: tuple[str, ...] = ()) -> RunningStack:
+        """`make stack-up` again, as `pulumi config set --path …` (``config``, relative to the stack
+        file; None keeps the last run's) then `pulumi up [--replace …]`; the run's plan and timings are
+        on the result."""
+        run = emulator.up(self.stack, var_dir=self.run.var_dir, config=config, replace=replace, quiet=True)
+        self._use(run)
+        return run
 
     @property
     def stack(self) -> str:
@@ -81,6 +130,12 @@ class StackClient:
     @property
     def prefix(self) -> str:
         return self.run.prefix
+
+    def replica_targets(self) -> set[str]:
+        """Each replica's address:port on the app network, as Prometheus's DNS discovery names it."""
+        network = f"{self.prefix}-app"
+        return {f"{self.docker.containers.get(n).attrs['NetworkSettings']['Networks'][network]['IPAddress']}:8000"
+                for n in self.run.replicas()}
 
     def session(self, api_key: bool = True) -> requests.Session:
         s = requests.Session()

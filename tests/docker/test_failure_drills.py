@@ -40,28 +40,25 @@ def test_replaced_replica_is_served_without_restarting_the_gateway(prod):
     gateway = prod.container("gateway-container")
     gateway_started = gateway.attrs["State"]["StartedAt"]
     network = f"{prod.prefix}-app"
-    old = prod.container("service-1")
-    old_ip = old.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
-    # Hold the old address while the replica is replaced, so it must come back elsewhere.
-    placeholder = prod.docker.containers.create("prediction-local/debian:bookworm", ["sleep", "600"],
-                                                name=f"{prod.prefix}-ip-holder", network=network)
+    old_ip = prod.container("service-1").attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+    # A change to the replicas' environment replaces them create-before-delete, so a new container
+    # cannot have its old one's address. (`pulumi up --replace` of one replica would fail: its new
+    # container would get the old one's name, its inputs being the same.)
+    run = prod.up(config={"service": {"env": {"PREDICTION_CACHE_TTL_SECONDS": "299"}}})
+    assert {s.name for s in run.plan.steps if s.op == "replace"} == {"service-1", "service-2", "service-3"}
+    new_ip = prod.container("service-1").attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+    others = [prod.container(f"service-{i}") for i in (2, 3)]
+    for c in others:
+        c.stop(timeout=45)
     try:
-        prod.run.recreate("service-1", on_removed=placeholder.start)
-        new_ip = prod.container("service-1").attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
-        others = [prod.container(f"service-{i}") for i in (2, 3)]
-        for c in others:
-            c.stop(timeout=45)
-        try:
-            # Only the replaced replica is left: every answer now comes from its new address.
-            ok = wait_until(lambda: prod.predict().status_code == 200, 30,
-                            "the gateway to reach the replaced replica at its new address")
-            with prod.load(workers=2) as load:
-                load.wait_for(100)
-        finally:
-            for c in others:
-                c.start()
+        # Only the replaced replica is left: every answer now comes from its new address.
+        ok = wait_until(lambda: prod.predict().status_code == 200, 30,
+                        "the gateway to reach the replaced replica at its new address")
+        with prod.load(workers=2) as load:
+            load.wait_for(100)
     finally:
-        placeholder.remove(force=True)
+        for c in others:
+            c.start()
     gateway.reload()
     print(f"\n[drill] replica replaced {old_ip} -> {new_ip}; through the gateway alone on it: "
           f"{len(load.results)} requests, {len(load.failed)} failed")
@@ -71,6 +68,7 @@ def test_replaced_replica_is_served_without_restarting_the_gateway(prod):
     for i in (2, 3):
         wait_until(lambda: prod.container(f"service-{i}").attrs["State"]["Health"]["Status"] == "healthy", 90,
                    f"service-{i} healthy again")
+    prod.up(config={})
 
 
 def test_database_restart_under_load_loses_no_request_and_no_row(prod):
@@ -95,9 +93,12 @@ def test_database_recreated_on_its_volume_keeps_every_row(prod):
     wait_until(lambda: int(prod.scalar("SELECT count(*) FROM predictions")) > 0, 30, "some rows")
     time.sleep(1.5)  # let the writers flush what they hold
     before = _rows(prod)
-    prod.run.recreate("database-container")
+    # `pulumi up --replace` of the database: delete-before-replace (a fixed name), its volume kept.
+    run = prod.up(replace=("database-container",))
+    assert [(s.op, s.delete_before_replace, s.cascade) for s in run.plan.changes] == [("replace", True, [])], \
+        "nothing else may be replaced with the database"
     after = _rows(prod)
-    print(f"\n[drill] database container recreated on its volume: {before} rows before, {after} after")
+    print(f"\n[drill] database container replaced on its volume: {before} rows before, {after} after")
     assert after == before
     assert prod.predict().status_code == 200
 

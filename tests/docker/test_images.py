@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dockerstack.images import LOCAL_BUILD, RECIPES
+from stack_emulator.images import LOCAL_BUILD, RECIPES
 
 PINNED = {f"{repository}:{tag}" for repository, recipe in RECIPES.items() for tag in recipe.tags}
 
@@ -15,7 +15,7 @@ PINNED = {f"{repository}:{tag}" for repository, recipe in RECIPES.items() for ta
 @pytest.fixture(scope="module")
 def images(docker_engine, dev):
     """Every image of the dev stack (started once, so every image is built)."""
-    return {ref: docker_engine.images.get(image_id) for ref, image_id in dev.run.deployment.images.items()}
+    return {ref: docker_engine.images.get(image_id) for ref, image_id in dev.run.images().items()}
 
 
 def _run(client, image, command, **kwargs) -> str:
@@ -106,7 +106,7 @@ def test_timescaledb_image_refuses_to_initialise_without_a_password(docker_engin
 
 
 def test_service_image_runs_unprivileged_without_build_leftovers(docker_engine, dev):
-    image = dev.run.deployment.images["prediction-service:dev"]
+    image = dev.run.images()["prediction-service:dev"]
     out = _run(docker_engine, image, ["sh", "-c", "id -u; ls /wheelhouse 2>&1; command -v gcc || echo no-gcc; "
                                                   "python -c 'import onnxruntime, aiohttp, psycopg2; print(1)'"])
     uid, wheelhouse, gcc, imports = out.strip().splitlines()

@@ -124,14 +124,12 @@ def test_restore_into_a_recreated_empty_database_container(prod):
     before = counts(prod)
     jobs = sorted(tuple(r) for r in prod.sql(
         "SELECT proc_name, hypertable_name FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL"))
-    # The database container again, on a new, empty volume: all data gone.
+    # The database container again, on an emptied volume: all data gone (`pulumi up --replace`).
     volume = f"{prod.prefix}-timescaledb-data"
-
-    def empty_volume():
-        prod.docker.volumes.get(volume).remove(force=True)
-        prod.docker.volumes.create(volume)
-
-    prod.run.recreate("database-container", on_removed=empty_volume)
+    prod.container("database-container").stop(timeout=60)
+    prod.docker.containers.run("prediction-local/debian:bookworm", ["sh", "-c", "rm -rf /data/* /data/.[!.]*"],
+                               volumes={volume: {"bind": "/data", "mode": "rw"}}, remove=True)
+    prod.up(replace=("database-container",))
     assert prod.scalar("SELECT to_regclass('predictions') IS NULL") == "t", "the new database is not empty"
     run = prod.playbook("restore.yml").ok()
     print(f"\n[ops] restore into an empty database: {run.messages()[-1] if run.messages() else ''}")

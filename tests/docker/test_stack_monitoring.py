@@ -24,8 +24,10 @@ def watched(prod):
 
 
 def test_host_metrics_come_from_the_stacks_node_exporter(watched):
-    target = f"{watched.prefix}-node-exporter:9100"
-    wait_until(lambda: watched.promql(f'up{{job="node", instance="{target}"}} == 1'), 60, "node-exporter up")
+    # Found by its name in Docker's DNS: the instance is the node-exporter container's address.
+    exporter = watched.container("monitoring-node-exporter")
+    address = exporter.attrs["NetworkSettings"]["Networks"][f"{watched.prefix}-app"]["IPAddress"]
+    wait_until(lambda: watched.promql(f'up{{job="node", instance="{address}:9100"}} == 1'), 60, "node-exporter up")
     root = watched.promql('node_filesystem_size_bytes{mountpoint="/"}')
     assert root and float(root[0]["value"][1]) > 0, "the host's root filesystem, read through /host"
     assert watched.promql("node_memory_MemTotal_bytes") and watched.promql("node_cpu_seconds_total")

@@ -18,10 +18,11 @@ def stack(request, stacks):
 
 
 def test_every_container_is_healthy_within_the_bound(stack):
-    took = stack.run.deployment.seconds_to_healthy
-    print(f"{stack.stack}: {len(stack.run.deployment.containers)} containers healthy in {took:.0f}s")
+    took = stack.first_apply_seconds
+    print(f"{stack.stack}: {len(stack.run.containers())} containers created and healthy in {took:.0f}s "
+          f"(make stack-up {stack.up_seconds:.0f}s in all)")
     assert took <= HEALTHY_BOUND_SECONDS
-    for logical, name in stack.run.deployment.containers.items():
+    for logical, name in stack.run.containers().items():
         c = stack.docker.containers.get(name)
         # (a replica just restarted by the models roll-out reports "starting" for a few seconds;
         # the ops toolbox has no healthcheck: running is all it can be)
@@ -29,7 +30,7 @@ def test_every_container_is_healthy_within_the_bound(stack):
                             c.attrs["State"].get("Health", {"Status": "healthy"})["Status"]) == ("running", "healthy"),
                    60, f"{logical} running and healthy")
     # Grafana is the one container that is not run on this engine (no image can be built here).
-    assert set(stack.run.deployment.skipped) == {"monitoring-grafana"}
+    assert set(stack.run.not_run()) == {"monitoring-grafana"}
 
 
 def test_prediction_over_https_with_the_stacks_key_and_certificate(stack):
@@ -60,7 +61,7 @@ def test_plain_http_redirects_to_https(stack):
 
 
 def test_data_layer_is_not_published_in_prod(prod):
-    published = {name for (name, _port) in prod.run.deployment.ports}
+    published = {name for (name, _port) in prod.run.published()}
     assert published == {prod.run.container("gateway-container"), prod.run.container("monitoring-prometheus")}
     ops = prod.container("ops-container")
     assert set(ops.attrs["NetworkSettings"]["Networks"]) == {f"{prod.prefix}-data"}
@@ -69,7 +70,9 @@ def test_data_layer_is_not_published_in_prod(prod):
 
 
 def test_prometheus_scrapes_every_replica_and_counts_requests(stack):
-    replicas = set(stack.run.graph.exports["replica_names"]["value"])  # the aliases, Prometheus's instances
+    # Found through Docker's DNS: each replica by its address on the app network.
+    replicas = stack.replica_targets()
+    assert len(replicas) == len(stack.run.replicas())
     wait_until(lambda: {r["metric"]["instance"] for r in stack.promql('up{job="prediction_service"} == 1')}
                == replicas, 60, f"every replica of {stack.stack} up in Prometheus")
     for _ in range(5):
@@ -101,5 +104,26 @@ def test_replicas_log_in_as_the_least_privilege_role(stack):
         "AND datname = current_database() AND pid <> pg_backend_pid()")}, 30, "the replicas' connections")
     assert users == {"prediction_app"}
     assert stack.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'prediction_app'") == [["f"]]
-    job = stack.docker.containers.get(stack.run.deployment.jobs["service-migrate"])
-    assert job.attrs["State"]["ExitCode"] == 0 and "role prediction_app may log in" in job.logs().decode()
+    job = stack.container("service-migrate")
+    assert job.attrs["State"]["Health"]["Status"] == "healthy" and "role prediction_app may log in" in job.logs().decode()
+
+
+def test_grpc_through_the_gateway_answers_as_rest_does(stack):
+    """The Open Inference Protocol over gRPC on the stack's HTTPS port (HTTP/2 by ALPN), spread over
+    every replica's gRPC port by the gateway."""
+    import numpy as np
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(stack.url.removeprefix("https://"), ssl=True,
+                                          root_certificates=stack.cacert)
+    try:
+        x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.8, 2.2]], np.float32)
+        inp = triton.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        result = client.infer("iris", [inp], headers={"x-api-key": stack.api_key})
+        rest = stack.session().post(f"{stack.url}/v2/models/iris/infer", timeout=15, json={
+            "inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": x.tolist()}]}).json()
+        assert result.as_numpy("label").astype(str).tolist() == rest["outputs"][0]["data"] == ["setosa", "virginica"]
+        assert client.is_server_ready() and client.is_model_ready("iris")
+    finally:
+        client.close()

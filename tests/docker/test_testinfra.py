@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from dockerstack.stack import ROOT
+from stack_emulator.stack import ROOT
 
 sys.path.insert(0, str(ROOT / "tests/host"))
 from host_expectations import CONTAINER_ROLES  # noqa: E402

@@ -26,12 +26,13 @@ def localenv() -> LocalEnv:
     var_dir = Path(tempfile.mkdtemp(prefix="localenv-e2e-"))
     var_dir.chmod(0o755)  # PostgreSQL runs as its own OS user when the tests run as root
     names = ["https", "http", "postgres", "redis", "prometheus", "node_exporter"]
-    # Service instances take base and base+1: two adjacent free ports. All of them from below the
-    # kernel's ephemeral range, so no other process is handed one of them meanwhile (free_ports).
-    *ports, base = free_ports(len(names) + 1, adjacent=2)
+    # Service instances take base and base+1 (REST) and grpc_base and grpc_base+1: two adjacent free
+    # ports each. All of them from below the kernel's ephemeral range, so no other process is handed one
+    # of them meanwhile (free_ports).
+    *ports, base, grpc_base = free_ports(len(names) + 2, adjacent=2)
     settings = {f"localenv_{n}_port": p for n, p in zip(names, ports)}
-    settings.update({"localenv_service_base_port": base, "localenv_service_instances": 2,
-                     "localenv_scrape_interval": "2s"})
+    settings.update({"localenv_service_base_port": base, "localenv_service_grpc_base_port": grpc_base,
+                     "localenv_service_instances": 2, "localenv_scrape_interval": "2s"})
     vars_file = var_dir / "e2e-vars.json"
     vars_file.write_text(json.dumps(settings))
     env = LocalEnv(var_dir, vars_file, settings, {}, "")

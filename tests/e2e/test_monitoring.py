@@ -1,6 +1,8 @@
 """Every PromQL expression of the dashboards and alert rules runs against the environment's Prometheus;
 dashboard panels show data after traffic; no alert fires while the platform is healthy."""
+import numpy as np
 import pytest
+import tritonclient.grpc as triton
 
 from harness.promql_sources import alert_rules, concrete, dashboard_panels
 from harness.waiting import wait_until
@@ -24,12 +26,19 @@ def test_expression_evaluates(localenv, source, name, expr):
 
 @pytest.fixture(scope="module")
 def after_traffic(localenv):
-    """Some mixed traffic (misses, hits, a batch), then wait until Prometheus has seen it twice."""
+    """Some mixed traffic (misses, hits, a batch; REST and gRPC), then wait until Prometheus has seen it twice."""
     s = localenv.session()
     body = {"sepal_length": 6.0, "sepal_width": 3.0, "petal_length": 4.5, "petal_width": 1.5}
     for i in range(30):
         s.post(f"{localenv.url}/api/v1/models/iris/predict", json={**body, "sepal_length": 6.0 + i / 100}, timeout=10)
         s.post(f"{localenv.url}/api/v1/models/iris/predict", json=body, timeout=10)  # cache hits
+    grpc = triton.InferenceServerClient(localenv.url.removeprefix("https://"), ssl=True,
+                                        root_certificates=localenv.cacert)
+    x = triton.InferInput("input", [1, 4], "FP32")
+    x.set_data_from_numpy(np.array([[6.0, 3.0, 4.5, 1.5]], np.float32))
+    for _ in range(10):
+        grpc.infer("iris", [x], headers={"x-api-key": localenv.api_key})
+    grpc.close()
     wait_until(lambda: localenv.promql("sum(rate(prediction_service_request_duration_seconds_count[1m])) > 0"),
                40, "request rate visible in Prometheus")
     return True

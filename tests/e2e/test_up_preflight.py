@@ -39,7 +39,7 @@ def environment():
 def _environment(prefix: str, **extra) -> tuple[Path, dict]:
     var_dir = Path(tempfile.mkdtemp(prefix=prefix))
     var_dir.chmod(0o755)  # PostgreSQL runs as its own OS user when the tests run as root
-    names = ["https", "http", "postgres", "redis", "prometheus", "node_exporter", "service_base"]
+    names = ["https", "http", "postgres", "redis", "prometheus", "node_exporter", "service_base", "service_grpc_base"]
     settings = {f"localenv_{n}_port": p for n, p in zip(names, free_ports(len(names) + 1))}
     settings.update({"localenv_service_instances": 1, **extra})
     (var_dir / "vars.json").write_text(json.dumps(settings))
@@ -92,6 +92,8 @@ def test_instance_exiting_at_start_stops_make_up_at_once_with_its_log(environmen
     stopped = out[out.index("make up stopped: "):].splitlines()
     assert stopped[0].startswith("make up stopped: service-1 exited during start-up ("), stopped
     assert stopped[0].endswith(f"the last lines of its log ({var_dir}/supervisor/logs/service-1.log):"), stopped
-    assert any("192.0.2.1" in line and "assign requested address" in line for line in stopped[1:-1]), stopped
+    # The first socket the instance opens says so: gRPC's (the address is not this host's) or HTTP's.
+    assert any("192.0.2.1" in line and ("assign requested address" in line or "address is not this host's" in line)
+               for line in stopped[1:-1]), stopped
     assert stopped[-1] == f"  (full output: {var_dir}/up.log)"
     print(f"\nmake up with an instance that cannot start stopped after {took:.1f}s:\n" + "\n".join(stopped))

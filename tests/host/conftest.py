@@ -67,11 +67,13 @@ def localenv(expected) -> dict:
         pytest.skip("the inventory has no localenv_* variables (not a supervisor-managed host)")
     n = int(expected["localenv_service_instances"])
     base = int(expected["localenv_service_base_port"])
+    grpc_base = int(expected["localenv_service_grpc_base_port"])
     var = expected["localenv_var_dir"]
     return {
         "var_dir": var,
         "supervisorctl": f"{Path(sys.executable).parent}/supervisorctl -c {var}/supervisor/supervisord.conf",
         "service_ports": [base + i for i in range(n)],
+        "service_grpc_ports": [grpc_base + i for i in range(n)] if grpc_base else [],
         "programs": ["postgres", "redis", "nginx", "prometheus", "node-exporter"] + [f"service-{i + 1}" for i in range(n)],
         "hostname": expected["localenv_hostname"],
         "https_port": int(expected["localenv_https_port"]),

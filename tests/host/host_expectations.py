@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # The parts a stack container plays (infra/: the com.prediction.component label of each container).
-CONTAINER_ROLES = ("gateway", "service", "database", "cache", "prometheus", "node-exporter", "ops")
+CONTAINER_ROLES = ("gateway", "service", "migrate", "database", "cache", "prometheus", "node-exporter", "ops")
 
 
 class ExpectedVars:

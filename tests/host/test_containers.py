@@ -8,6 +8,7 @@ prometheus.yml); only facts of the upstream images (users, data paths) are writt
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 from datetime import timedelta
@@ -24,6 +25,7 @@ from database import APP_ROLE, POSTGRES_PORT  # noqa: E402
 from gateway import DOCKER_DNS, HTTP_PORT, HTTPS_PORT, TLS_DIR  # noqa: E402
 from monitoring import NODE_EXPORTER_PORT, PROMETHEUS_PORT, RULES_IN_CONTAINER  # noqa: E402
 from ops import BACKUPS_PATH, MODELS_PATH  # noqa: E402
+from service import MIGRATED_MARKER  # noqa: E402
 
 ANY = {"0.0.0.0", "::"}
 
@@ -72,11 +74,13 @@ def test_gateway_configuration_is_valid_and_reresolves_every_replica(host, nginx
     servers = re.findall(r"^\s*server\s+(\S+):(\d+)\b([^;]*)\bresolve;", nginx_conf, re.M)
     primaries = [(name, int(port)) for name, port, params in servers if "backup" not in params]
     backups = [(name, int(port)) for name, port, params in servers if "backup" in params]
-    # Every replica once, and once more as a backup (the fallback when nginx counts all of them failed).
-    assert len(set(primaries)) == len(primaries) == service.replicas, servers
-    assert {port for _, port in primaries} == {service.port} and backups == primaries, servers
+    # One name for every replica, and once more as a backup (the fallback when nginx counts all of
+    # them failed); Docker's DNS answers it with every replica's address.
+    assert len(primaries) == 1 and primaries[0][1] == service.port and backups == primaries, servers
     assert re.search(rf"^\s*resolver\s+{re.escape(DOCKER_DNS)}\b", nginx_conf, re.M), \
         "replicas' names must be re-resolved through Docker's DNS"
+    addresses = {line.split()[0] for line in run_ok(host, f"getent ahostsv4 {primaries[0][0]}").splitlines()}
+    assert len(addresses) == service.replicas, f"{primaries[0][0]} resolves to {sorted(addresses)}"
 
 
 @pytest.mark.role("gateway")
@@ -107,9 +111,10 @@ def test_service_is_pid_1_and_unprivileged(host, service_process):
 
 
 @pytest.mark.role("service")
-def test_service_listens_on_the_stack_files_port(host, stack_file):
-    port = stack_file("service").port
-    assert listens_on_every_address(host, port), f"the service does not listen on :{port}"
+def test_service_listens_on_the_stack_files_ports(host, stack_file):
+    service = stack_file("service")
+    for what, port in (("HTTP", service.port), ("gRPC", service.grpcPort)):
+        assert listens_on_every_address(host, port), f"the service does not listen for {what} on :{port}"
 
 
 @pytest.mark.role("service")
@@ -198,9 +203,12 @@ def test_prometheus_runs_as_nobody_and_listens(host):
 def test_prometheus_scrapes_every_replica_with_valid_rules(host, stack_file):
     run_ok(host, "promtool check config /etc/prometheus/prometheus.yml")
     service = stack_file("service")
-    conf = host.file("/etc/prometheus/prometheus.yml").content_string
-    replicas = set(re.findall(rf"\b([\w.-]+-service-\d+):{service.port}\b", conf))
-    assert len(replicas) == service.replicas, f"scrape targets {sorted(replicas)}"
+    # The replicas are found through Docker's DNS (one name, every replica's address): Prometheus's
+    # own list of active targets has each of them.
+    targets = json.loads(run_ok(host, f"wget -q -O - http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/targets"))
+    scraped = {t["labels"]["instance"] for t in targets["data"]["activeTargets"]
+               if t["labels"]["job"] == "prediction_service"}
+    assert len(scraped) == service.replicas and all(i.endswith(f":{service.port}") for i in scraped), scraped
     assert host.file(RULES_IN_CONTAINER).is_directory
     assert run_ok(host, f"ls {RULES_IN_CONTAINER}").split(), "no alert rules uploaded"
 
@@ -214,6 +222,20 @@ def test_node_exporter_reads_the_host_read_only(host):
     assert listens_on_every_address(host, NODE_EXPORTER_PORT)
     options = mount_options(host, "/host")
     assert options is not None and "ro" in options, f"the host's root must be mounted read-only, found {options}"
+
+
+# --- migrate: the job that migrated the database and says so ------------------------------------------
+
+@pytest.mark.role("migrate")
+def test_migrate_job_migrated_as_the_owner_and_listens_nowhere(host, expected):
+    job = main_process(host, r"python -m prediction_service migrate .*--stay-up")
+    assert job.pid == 1 and job.uid != 0, "the job runs unprivileged as PID 1 (it stops on Docker's SIGTERM)"
+    assert host.file(MIGRATED_MARKER).exists, "the job has not marked the database migrated"
+    # (Docker's embedded DNS listens on 127.0.0.11 in every container on a user-defined network.)
+    listeners = {(a, p) for a, p in tcp_listeners(host) if a != "127.0.0.11"}
+    assert listeners == set(), f"the migrate job must not listen on anything: {listeners}"
+    env = dict(kv.split("=", 1) for kv in host.file("/proc/1/environ").content_string.split("\0") if "=" in kv)
+    assert urlsplit(env["PREDICTION_TIMESCALE_URL"]).username == expected["prediction_db_user"]
 
 
 # --- ops: the toolbox the playbooks run in -------------------------------------------------------------

@@ -5,7 +5,8 @@ import pytest
 
 from host_expectations import run_ok
 
-LOOPBACK = {"127.0.0.1", "::1"}
+# gRPC listens on IPv6 sockets that also take IPv4: its 127.0.0.1 shows as the IPv4-mapped ::ffff:127.0.0.1.
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
 def _listeners(host, with_lines: bool = False) -> list[tuple]:
@@ -42,11 +43,12 @@ def test_supervised_processes_listen_only_where_intended(host, localenv):
     allowed = {localenv["postgres_port"]: LOOPBACK, localenv["redis_port"]: LOOPBACK,
                localenv["prometheus_port"]: LOOPBACK, localenv["node_exporter_port"]: LOOPBACK,
                localenv["https_port"]: None, localenv["http_port"]: None}
-    allowed.update({p: LOOPBACK for p in localenv["service_ports"]})
+    allowed.update({p: LOOPBACK for p in localenv["service_ports"] + localenv["service_grpc_ports"]})
     owner = {localenv["postgres_port"]: "postgres", localenv["redis_port"]: "redis",
              localenv["prometheus_port"]: "prometheus", localenv["node_exporter_port"]: "node-exporter",
              localenv["https_port"]: "nginx", localenv["http_port"]: "nginx",
-             **{p: f"service-{i + 1}" for i, p in enumerate(localenv["service_ports"])}}
+             **{p: f"service-{i + 1}" for i, p in enumerate(localenv["service_ports"])},
+             **{p: f"service-{i + 1} (gRPC)" for i, p in enumerate(localenv["service_grpc_ports"])}}
     supervisord = int(run_ok(host, f"{localenv['supervisorctl']} pid").strip())
     tree = {}
     for line in run_ok(host, "ps -e -o pid=,ppid=").splitlines():

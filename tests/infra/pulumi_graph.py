@@ -1,136 +1,59 @@
-"""Helpers for the Pulumi tests: run one stack through stack_runner.py and query the recorded graph."""
+"""The Pulumi tests' view of one program run: the real program over a real stack file, under the
+stack emulator's mock engine (stack_emulator/program.py), with made-up image ids so no engine is
+needed. Graph and Resource come from there."""
 from __future__ import annotations
 
-import json
-import re
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+import base64
 
-ROOT = Path(__file__).resolve().parents[2]
-RUNNER = Path(__file__).with_name("stack_runner.py")
-PROJECT = "prediction-platform"
-STACKS = ("dev", "staging", "prod")
-
-CONTAINER = "docker:index/container:Container"
-NETWORK = "docker:index/network:Network"
-VOLUME = "docker:index/volume:Volume"
-REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
-IMAGE = "docker:index/image:Image"
+from stack_emulator.program import (CONTAINER, IMAGE, NETWORK, REMOTE_IMAGE, ROOT, SECRET, SERVICE,  # noqa: F401
+                                    SERVICE_CONFIG, STACKS, VOLUME, Graph, ProgramFailed, Resource, run_program,
+                                    stack_file)
+from stack_emulator.values import is_secret, plain_strings, reveal  # noqa: F401
 
 
-class ProgramFailed(Exception):
-    pass
+def run_stack(stack: str, workdir: Path | None = None, overrides: dict | None = None) -> Graph:
+    """Run infra/ for ``stack``; ``overrides``: {"config": {...}, "secrets": {...}} as `pulumi config
+    set [--path] [--secret]` would set them. Raises ProgramFailed with the program's stderr."""
+    overrides = overrides or {}
+    return run_program(stack, mode="up", config=overrides.get("config"), secrets=overrides.get("secrets"),
+                       realise_images="stand-in")
 
 
-def stack_file(stack: str) -> dict:
-    """The stack file's config with the project prefix stripped: {"service": {...}, ...}."""
-    data = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text()) or {}
-    return {k.split(":", 1)[1] if k.startswith(f"{PROJECT}:") else k: v
-            for k, v in (data.get("config") or {}).items()}
+def remote_image_id(graph: Graph, image_ref: str) -> str:
+    """The image id a container must use to run RemoteImage ``image_ref`` (as the stand-in answers)."""
+    matches = [r for r in graph.of_type(REMOTE_IMAGE) if r.get("name") == image_ref]
+    assert len(matches) == 1, f"no RemoteImage {image_ref}; have {[r.get('name') for r in graph.of_type(REMOTE_IMAGE)]}"
+    return matches[0].outputs["imageId"]
 
 
-def run_stack(stack: str, workdir: Path, overrides: dict | None = None) -> "Graph":
-    """Run infra/__main__.py for ``stack`` in a fresh interpreter; raise ProgramFailed with its stderr."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    out = workdir / f"{stack}.json"
-    args = [sys.executable, str(RUNNER), stack, str(out)]
-    if overrides is not None:
-        (workdir / "overrides.json").write_text(json.dumps(overrides))
-        args.append(str(workdir / "overrides.json"))
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        raise ProgramFailed(proc.stderr[-4000:])
-    return Graph(json.loads(out.read_text()))
+def orchestrator(stack: str) -> str:
+    """"engine" or "swarm": the stack file's orchestrator.kind."""
+    return (stack_file(stack).get("orchestrator") or {}).get("kind", "engine")
 
 
-def is_secret(value) -> bool:
-    return isinstance(value, dict) and set(value) == {"__secret__"}
+ENGINE_STACKS = tuple(s for s in STACKS if orchestrator(s) == "engine")
+SWARM_STACKS = tuple(s for s in STACKS if orchestrator(s) == "swarm")
 
 
-def reveal(value):
-    """The value with every secret wrapper removed (for reading what the engine receives)."""
-    if is_secret(value):
-        return reveal(value["__secret__"])
-    if isinstance(value, dict):
-        return {k: reveal(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [reveal(v) for v in value]
-    return value
+def workload(graph: Graph, logical: str) -> Resource:
+    """The container or Swarm service the program calls ``logical``."""
+    found = [r for r in graph.resources if r.name == logical and r.type in (CONTAINER, SERVICE)]
+    assert len(found) == 1, f"expected one container or service named {logical}, found {len(found)}"
+    return found[0]
 
 
-def plain_strings(value):
-    """Every string reachable in ``value`` without passing through a secret wrapper."""
-    if is_secret(value):
-        return
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from plain_strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from plain_strings(v)
-    elif isinstance(value, str):
-        yield value
-
-
-@dataclass
-class Resource:
-    type: str
-    name: str
-    custom: bool
-    inputs: dict  # raw, secrets wrapped as {"__secret__": ...}
-    outputs: dict  # what the provider would add (tests/infra/provider_outputs.py)
-    options: dict  # deleteBeforeReplace, protect
-
-    def get(self, key, default=None):
-        """Input ``key`` with secret wrappers removed."""
-        return reveal(self.inputs.get(key, default))
-
-    def env(self) -> dict[str, str]:
-        return dict(e.split("=", 1) for e in self.get("envs", []))
-
-    def upload(self, path: str) -> str:
-        for u in self.get("uploads", []):
-            if u["file"] == path:
-                return u["content"]
-        raise KeyError(f"{self.name} has no upload {path}; uploads: {[u['file'] for u in self.get('uploads', [])]}")
-
-    def networks(self) -> set[str]:
-        return {n["name"] for n in self.get("networksAdvanced", [])}
-
-    def ports(self) -> list[dict]:
-        return self.get("ports", [])
-
-
-class Graph:
-    def __init__(self, data: dict):
-        self.stack = data["stack"]
-        self.resources = [Resource(r["type"], r["name"], r["custom"], r["inputs"], r["outputs"], r.get("options", {})) for r in data["resources"]]
-        self.urns = data["urns"]
-        self.exports = data["exports"]
-        self.logs = data["logs"]
-
-    def of_type(self, typ: str) -> list[Resource]:
-        return [r for r in self.resources if r.type == typ]
-
-    def one(self, typ: str, name: str) -> Resource:
-        found = [r for r in self.resources if r.type == typ and r.name == name]
-        assert len(found) == 1, f"expected one {typ} named {name}, found {len(found)}"
-        return found[0]
-
-    def container(self, name: str) -> Resource:
-        return self.one(CONTAINER, name)
-
-    def replicas(self) -> list[Resource]:
-        return sorted((r for r in self.of_type(CONTAINER) if re.fullmatch(r"service-\d+", r.name)),
-                      key=lambda r: int(r.name.rsplit("-", 1)[1]))
-
-    def remote_image_id(self, image_ref: str) -> str:
-        """The image id a container must use to run RemoteImage ``image_ref`` (as the mock answers)."""
-        import hashlib
-        matches = [r for r in self.of_type(REMOTE_IMAGE) if r.get("name") == image_ref]
-        assert len(matches) == 1, f"no RemoteImage {image_ref}; have {[r.get('name') for r in self.of_type(REMOTE_IMAGE)]}"
-        return f"sha256:{hashlib.sha256(image_ref.encode()).hexdigest()}"
+def files_of(graph: Graph, logical: str) -> dict[str, str]:
+    """path -> content of every file a workload is given: a container's uploads, or a service's
+    configs and secrets (their data decoded)."""
+    r = workload(graph, logical)
+    if r.type == CONTAINER:
+        return {u["file"]: u["content"] for u in r.get("uploads", [])}
+    spec = r.get("taskSpec")["containerSpec"]
+    by_name = {x.get("name"): x for x in graph.of_type(SERVICE_CONFIG) + graph.of_type(SECRET)}
+    out = {}
+    for ref in spec.get("configs", []) + spec.get("secrets", []):
+        obj = by_name[ref.get("configName") or ref.get("secretName")]
+        out[ref["fileName"]] = base64.b64decode(obj.get("data")).decode()
+    return out

@@ -1,4 +1,5 @@
-"""The real Pulumi program (infra/) run under mocks once per real stack file (Pulumi.<stack>.yaml).
+"""The real Pulumi program (infra/) run under mocks once per real stack file (Pulumi.<stack>.yaml) whose
+workloads are containers on one Docker engine (the swarm stack: test_pulumi_swarm.py).
 
 Each stack runs in its own interpreter (stack_runner.py) exactly as the CLI runs the program:
 cwd infra/, infra/ first on sys.path, __main__.py executed, preview off so every output is known.
@@ -13,7 +14,8 @@ import urllib.parse
 import pytest
 import yaml
 
-from pulumi_graph import (CONTAINER, IMAGE, NETWORK, ROOT, STACKS, VOLUME, Graph, ProgramFailed, is_secret,
+from pulumi_graph import (CONTAINER, ENGINE_STACKS, IMAGE, NETWORK, ROOT, SERVICE, STACKS, VOLUME, Graph, ProgramFailed,
+                          is_secret, remote_image_id,
                           plain_strings, run_stack, stack_file)
 
 EXPECTED_REPLICAS = {"dev": 1, "staging": 2, "prod": 3}
@@ -32,7 +34,7 @@ COMPONENT_TYPES = {
 }
 
 
-@pytest.fixture(scope="module", params=STACKS)
+@pytest.fixture(scope="module", params=ENGINE_STACKS)
 def stack(request, tmp_path_factory) -> tuple[str, Graph, dict]:
     name = request.param
     try:
@@ -47,9 +49,15 @@ def prefix(graph: Graph, cfg: dict) -> str:
 
 
 def alias(replica) -> str:
-    """The stable name a replica answers on (gateway upstreams, Prometheus targets, instance label)."""
-    [name] = {a for n in replica.get("networksAdvanced") for a in n.get("aliases", [])}
+    """The stable name a replica answers on alone (its hostname and instance name)."""
+    [name] = {a for n in replica.get("networksAdvanced") for a in n.get("aliases", [])
+              if re.search(r"-service-\d+$", a)}
     return name
+
+
+def service_alias(graph: Graph, cfg: dict) -> str:
+    """The name every replica answers on (the gateway's upstream, Prometheus's DNS discovery)."""
+    return f"{prefix(graph, cfg)}-service"
 
 
 # --- structure --------------------------------------------------------------------------------------------
@@ -91,11 +99,13 @@ def test_resource_counts_follow_replicas(stack):
     aliases = [f"{prefix(graph, cfg)}-service-{i}" for i in range(1, replicas + 1)]
     assert [alias(r) for r in graph.replicas()] == aliases
     # Each container name carries a digest of its inputs, so a changed replica is a new name and is
-    # replaced create-before-delete (no delete_before_replace): the new one runs before the old stops.
+    # replaced create-before-delete: the option overrides pulumi-docker's delete-before-replace.
     for r, a in zip(graph.replicas(), aliases):
         assert re.fullmatch(re.escape(a) + r"-[0-9a-f]{10}", r.get("name")), r.get("name")
         assert r.options["deleteBeforeReplace"] is False
         assert r.get("hostname") == a and r.env()["PREDICTION_INSTANCE"] == a
+        app = next(n for n in r.get("networksAdvanced") if n["name"].endswith("-app"))
+        assert sorted(app["aliases"]) == sorted([a, service_alias(graph, cfg)])
 
 
 # --- images -----------------------------------------------------------------------------------------------
@@ -112,7 +122,7 @@ def test_images_and_tags_come_from_the_stack_file(stack):
     }
     assert expected["database-container"].startswith("timescale/timescaledb:")
     for container, ref in expected.items():
-        assert graph.container(container).get("image") == graph.remote_image_id(ref), container
+        assert graph.container(container).get("image") == remote_image_id(graph, ref), container
     if name in ("staging", "prod"):
         for container, ref in expected.items():
             tag = ref.rsplit(":", 1)[1]
@@ -128,8 +138,8 @@ def test_service_image_is_built_locally_from_the_service_dockerfile(stack):
     assert (infra / build["dockerfile"]).resolve() == ROOT / "service/Dockerfile"
     assert image.get("skipPush") is True
     for replica in graph.replicas():
-        # repo_digest (name@sha256:...) changes on every rebuild; image_name would not.
-        assert replica.get("image").startswith(f"{image.get('imageName')}@sha256:")
+        # repo_digest changes on every rebuild (the image id, for an image not pushed); image_name would not.
+        assert replica.get("image") == image.outputs["repoDigest"] and replica.get("image").startswith("sha256:")
 
 
 # --- runtime settings -------------------------------------------------------------------------------------
@@ -138,8 +148,9 @@ def test_restart_policies(stack):
     _, graph, _ = stack
     for replica in graph.replicas():
         assert replica.get("restart") == "on-failure"
-        # SIGTERM → in-flight requests (5 s + 1 s) → writer flush (≤ 30 s) must fit before SIGKILL.
-        assert replica.get("stopTimeout") >= 36
+        # SIGTERM → in-flight requests (5 s + 1 s) → writer flush (≤ 30 s) must fit before SIGKILL, in a
+        # `docker stop` (stopTimeout) and in Pulumi's delete (destroyGraceSeconds; 0 = SIGKILL at once).
+        assert replica.get("stopTimeout") >= 36 and replica.get("destroyGraceSeconds") >= 36
     for name in DATA_CONTAINERS + APP_ONLY_CONTAINERS:
         assert graph.container(name).get("restart") == "unless-stopped", name
 
@@ -175,7 +186,7 @@ def test_ports_published_only_where_intended(stack):
     gw = graph.container("gateway-container")
     assert {(p["internal"], p["external"]) for p in gw.ports()} == {
         (443, cfg["gateway"]["httpsPort"]), (80, cfg["gateway"]["httpPort"])}
-    if name in ("staging", "prod"):
+    if name == "prod":
         assert cfg["gateway"]["httpsPort"] == 443 and cfg["gateway"]["httpPort"] == 80
     for replica in graph.replicas():
         assert replica.ports() == [], "replicas are reached through the gateway only"
@@ -234,14 +245,23 @@ def test_migrate_job_runs_the_images_migrations_as_the_owner_before_the_replicas
     _, graph, _ = stack
     db = graph.container("database-container")
     job = graph.container("service-migrate")
-    assert job.get("command") == ["python", "-m", "prediction_service", "migrate", "--app-role", "prediction_app"]
-    assert (job.get("attach"), job.get("mustRun"), job.get("restart")) == (True, False, "no")
+    assert job.get("command") == ["python", "-m", "prediction_service", "migrate", "--app-role", "prediction_app",
+                                  "--stay-up"]
+    # pulumi up waits until it reports the database migrated; a job that never does fails its create,
+    # and replaceOnChanges ["*"] makes the next pulumi up replace (re-run) it.
+    assert job.get("wait") is True and "/tmp/migrated" in job.get("healthcheck")["tests"]
+    assert job.options["replaceOnChanges"] == ["*"] and job.options["deleteBeforeReplace"] is True
     assert job.get("image") == graph.replicas()[0].get("image")  # the same build as the replicas
     assert job.networks() == {graph.one(NETWORK, "network-data").get("name")}
     url = urllib.parse.urlsplit(job.env()["PREDICTION_TIMESCALE_URL"])
     assert (url.username, urllib.parse.unquote(url.password)) == ("prediction_user", db.env()["POSTGRES_PASSWORD"])
-    names = [r.name for r in graph.resources]
-    assert all(names.index("service-migrate") < names.index(r.name) for r in graph.replicas())
+    # The replicas start after it (dependsOn), and after the database and Redis, without taking any
+    # of their outputs: a delete-before-replace of those would otherwise delete every replica first.
+    for replica in graph.replicas():
+        depends = set(replica.options["dependsOn"])
+        assert {db.urn, job.urn, graph.container("cache-container").urn} <= depends
+        from_them = {u for urns in replica.options["propertyDependencies"].values() for u in urns}
+        assert not from_them & {db.urn, job.urn, graph.container("cache-container").urn}
 
 
 def test_cache_container(stack):
@@ -288,11 +308,12 @@ def nginx_conf(graph: Graph) -> str:
     return graph.container("gateway-container").upload("/etc/nginx/nginx.conf")
 
 
-def test_nginx_upstream_lists_exactly_the_replicas(stack):
-    _, graph, _ = stack
+def test_nginx_upstream_is_every_replica_by_one_name(stack):
+    _, graph, cfg = stack
     conf = nginx_conf(graph)
     upstream = re.search(r"upstream prediction_backend \{(.*?)\}", conf, re.S).group(1)
-    replicas = [f"{alias(r)}:{SERVICE_PORT}" for r in graph.replicas()]
+    # One name that resolves to every replica: scaling or replacing replicas leaves the gateway alone.
+    replicas = [f"{service_alias(graph, cfg)}:{SERVICE_PORT}"]
     # Each replica once as a primary and once as a never-failed backup (the fallback when every
     # primary is counted failed).
     servers = [(s, params.split()) for s, params in re.findall(r"^\s*server\s+(\S+)([^;]*);", upstream, re.M)]
@@ -327,16 +348,17 @@ def test_nginx_tls_redirect_and_locations(stack):
 
 # --- monitoring -------------------------------------------------------------------------------------------
 
-def test_prometheus_scrapes_exactly_the_replicas_and_loads_the_rules(stack):
-    name, graph, _ = stack
+def test_prometheus_discovers_every_replica_and_loads_the_rules(stack):
+    name, graph, cfg = stack
     prom = graph.container("monitoring-prometheus")
     config = yaml.safe_load(prom.upload("/etc/prometheus/prometheus.yml"))
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "prediction_service")
     assert job.get("metrics_path", "/metrics") == "/metrics"
-    scraped = [(sc["targets"], sc["labels"]["instance"]) for sc in job["static_configs"]]
-    assert scraped == [([f"{alias(r)}:{SERVICE_PORT}"], alias(r)) for r in graph.replicas()]
+    [sd] = job["dns_sd_configs"]
+    assert (sd["names"], sd["type"], sd["port"]) == ([service_alias(graph, cfg)], "A", SERVICE_PORT)
     node = next(j for j in config["scrape_configs"] if j["job_name"] == "node")
-    assert node["static_configs"][0]["targets"][0] == f"{graph.container('monitoring-node-exporter').get('name')}:9100"
+    [sd] = node["dns_sd_configs"]
+    assert (sd["names"], sd["port"]) == ([graph.container("monitoring-node-exporter").get("name")], 9100)
     assert config["global"]["external_labels"] == {"environment": name}
     rules = sorted((ROOT / "dashboards/alerts").glob("*.rules.yml"))
     assert config["rule_files"] == [f"/etc/prometheus/rules/{r.name}" for r in rules]
@@ -433,6 +455,8 @@ def test_stack_outputs(stack):
     url = graph.exports["url"]["value"]
     assert url == f"https://{cfg['gateway']['serverName']}{'' if port == 443 else f':{port}'}/"
     assert graph.exports["replica_names"]["value"] == [alias(r) for r in graph.replicas()]
+    for r in graph.replicas():
+        assert graph.by_urn(r.urn) is r
     assert graph.exports["ops_container"]["value"] == graph.container("ops-container").get("name")
     mon = cfg["monitoring"]
     assert graph.exports["prometheus_url"]["value"].endswith(f":{mon.get('prometheusHostPort', 9090)}")
@@ -458,3 +482,33 @@ def test_models_are_mounted_read_only_from_the_configured_source(stack):
             assert mount["volumeName"] == graph.one(VOLUME, "service-models").get("name")
         else:
             assert mount["hostPath"] == str(ROOT / host_path)
+
+
+# --- one Docker host for every stack ---------------------------------------------------------------------
+
+def test_no_two_stacks_publish_the_same_host_address():
+    """dev, staging and prod may share one Docker host (every name is prefixed per stack): then no
+    two of them may publish the same port on overlapping addresses (0.0.0.0 overlaps every address)."""
+    published: dict[int, list[tuple[str, str, str]]] = {}
+    for name in STACKS:
+        graph = run_stack(name)
+        for c in graph.of_type(CONTAINER):
+            for p in c.ports():
+                published.setdefault(int(p["external"]), []).append((name, c.name, p.get("ip", "0.0.0.0")))
+        for svc in graph.of_type(SERVICE):  # host-mode ports of a Swarm service: every address of its node
+            for p in (svc.get("endpointSpec") or {}).get("ports", []):
+                published.setdefault(int(p["publishedPort"]), []).append((name, svc.name, "0.0.0.0"))
+    for port, users in sorted(published.items()):
+        for i, (stack_a, container_a, ip_a) in enumerate(users):
+            for stack_b, container_b, ip_b in users[i + 1:]:
+                overlap = ip_a == ip_b or "0.0.0.0" in (ip_a, ip_b)
+                assert not overlap, (f"{stack_a} {container_a} and {stack_b} {container_b} both publish "
+                                     f"{ip_a}:{port} / {ip_b}:{port}")
+
+
+def test_every_container_stops_with_a_grace_period_when_pulumi_deletes_it(stack):
+    """pulumi-docker stops a container it deletes with destroy_grace_seconds, 0 when unset: SIGKILL
+    at once. Every container says how long it needs."""
+    _, graph, _ = stack
+    for c in graph.of_type(CONTAINER):
+        assert c.get("destroyGraceSeconds", 0) > 0, f"{c.name} would be killed at once by a pulumi delete"

@@ -57,6 +57,12 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def http2_in_listen(binary: str = NGINX) -> bool:
+    """Whether this nginx predates the `http2` directive (1.25.1), as roles/nginx_gateway finds out."""
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", subprocess.run([binary, "-v"], capture_output=True, text=True).stderr)
+    return tuple(map(int, found.groups())) < (1, 25, 1)
+
+
 def nginx_vars(tmp: Path, upstreams: list[str], https_port: int, http_port: int) -> dict:
     cert, key = self_signed(tmp)
     (tmp / "temp").mkdir(exist_ok=True)
@@ -73,6 +79,7 @@ def nginx_vars(tmp: Path, upstreams: list[str], https_port: int, http_port: int)
         "nginx_ssl_certificate_key": str(key),
         "nginx_upstream_servers": upstreams,
         "nginx_upstream_keepalive": 8,
+        "nginx_http2_in_listen": http2_in_listen(),
     }
 
 
@@ -83,9 +90,12 @@ def nginx_test(conf: Path, prefix: Path) -> subprocess.CompletedProcess:
 
 # --- nginx -t ---------------------------------------------------------------------------------------------
 
-def test_nginx_config_passes_nginx_t(tmp_path):
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "rest+grpc"])
+def test_nginx_config_passes_nginx_t(tmp_path, grpc):
     variables = nginx_vars(tmp_path, ["127.0.0.1:18001", "127.0.0.1:18002", "127.0.0.1:18003"],
                            free_port(), free_port())
+    if grpc:
+        variables["nginx_grpc_upstream_servers"] = ["127.0.0.1:18101", "127.0.0.1:18102", "127.0.0.1:18103"]
     conf = tmp_path / "nginx.conf"
     conf.write_text(render(NGINX_TEMPLATE, **variables))
     result = nginx_test(conf, tmp_path)
@@ -160,6 +170,8 @@ def start_gateway(tmp_path: Path, backends: list[Backend], image: str | None = N
     https_port, http_port = free_port(), free_port()
     variables = nginx_vars(tmp_path, [b.address for b in backends], https_port, http_port)
     variables["nginx_https_redirect_port"] = https_port
+    if image is not None:
+        variables["nginx_http2_in_listen"] = False  # the image's nginx is 1.27.3
     variables.update(overrides)
     conf = tmp_path / "nginx.conf"
     conf.write_text(render(NGINX_TEMPLATE, **variables))
@@ -522,6 +534,7 @@ def test_prometheus_optional_jobs_are_omitted_when_empty(tmp_path):
 def test_ansible_template_module_renders_the_same_text(tmp_path, template):
     if template == NGINX_TEMPLATE:
         variables = nginx_vars(tmp_path, ["127.0.0.1:18001", "127.0.0.1:18002"], 8443, 8080)
+        variables["nginx_grpc_upstream_servers"] = ["127.0.0.1:18101", "127.0.0.1:18102"]
     else:
         variables = prometheus_vars(["/etc/prometheus/rules/a.rules.yml"],
                                     [{"target": "127.0.0.1:18001", "instance": "service-1"}])
@@ -535,3 +548,139 @@ def test_ansible_template_module_renders_the_same_text(tmp_path, template):
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert dest.read_text() == render(template, **variables)
+
+
+# --- gRPC through the gateway (HTTP/2 by ALPN, grpc_pass to each replica's gRPC port) --------------------
+
+SERVICE = "/inference.GRPCInferenceService"
+LIVE = b"\x08\x01"  # ServerLiveResponse(live=True), serialised
+
+
+class GrpcBackend:
+    """A replica's gRPC port stand-in: answers every call of the protocol's service with ``LIVE``
+    (after ``delay`` seconds), names itself in the trailing metadata and records each call."""
+
+    def __init__(self, name: str, delay: float = 0):
+        import grpc
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.name, self.calls = name, []
+        backend = self
+
+        def answering(method: str):
+            def answer(request: bytes, context):
+                backend.calls.append({"method": method, "metadata": dict(context.invocation_metadata()),
+                                      "request": request})
+                time.sleep(delay)
+                context.set_trailing_metadata((("backend", backend.name),))
+                return LIVE
+            return grpc.unary_unary_rpc_method_handler(answer)
+
+        class Handler(grpc.GenericRpcHandler):
+            def service(self, details):
+                return answering(details.method) if details.method.startswith(SERVICE + "/") else None
+
+        self.server = grpc.server(ThreadPoolExecutor(8), handlers=[Handler()],
+                                  options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 8 << 20)])
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def stop(self):
+        self.server.stop(None)
+
+
+def grpc_call(port: int, cert: Path, method: str = f"{SERVICE}/ServerLive", request: bytes = b"",
+              metadata=(), timeout: float = 10):
+    """One unary call over TLS (ALPN h2) to the gateway: (response, trailing metadata), or the RpcError."""
+    import grpc
+
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    with grpc.secure_channel(f"localhost:{port}", credentials,
+                             options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
+        try:
+            response, call = channel.unary_unary(method).with_call(request, metadata=metadata, timeout=timeout)
+            return response, dict(call.trailing_metadata())
+        except grpc.RpcError as err:
+            return err
+
+
+def start_grpc_gateway(tmp_path: Path, grpc_backends: list[GrpcBackend], image: str | None = None, **overrides):
+    gw = start_gateway(tmp_path, [Backend("rest")], image=image,
+                       nginx_grpc_upstream_servers=[b.address for b in grpc_backends], **overrides)
+    stop_rest = gw["stop"]
+
+    def stop():
+        stop_rest()
+        for b in grpc_backends:
+            b.stop()
+
+    return {**gw, "stop": stop, "grpc_backends": grpc_backends, "cert": tmp_path / "server.crt"}
+
+
+@pytest.mark.parametrize("nginx", ["host", "image"], ids=["host-nginx", "gateway-image-1.27.3"])
+def test_gateway_carries_grpc_over_tls_to_every_grpc_upstream(tmp_path, nginx):
+    """HTTP/2 is negotiated by ALPN on the HTTPS port; REST keeps working there over HTTP/1.1."""
+    image = gateway_image() if nginx == "image" else None
+    gw = start_grpc_gateway(tmp_path, [GrpcBackend("a"), GrpcBackend("b")], image=image)
+    try:
+        answers = [grpc_call(gw["https"], gw["cert"], metadata=(("x-api-key", "k"),)) for _ in range(8)]
+        assert {a[0] for a in answers} == {LIVE}, answers
+        assert {a[1]["backend"] for a in answers} == {"a", "b"}
+        calls = [c for b in gw["grpc_backends"] for c in b.calls]
+        assert all(c["method"] == f"{SERVICE}/ServerLive" and c["metadata"]["x-api-key"] == "k" for c in calls)
+        ctx = ssl.create_default_context(cafile=str(gw["cert"]))
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", gw["https"])) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.selected_alpn_protocol() == "h2"
+        status, _, body = fetch(f"https://127.0.0.1:{gw['https']}/api/v1/models")
+        assert status == 200 and json.loads(body)["backend"] == "rest"
+    finally:
+        gw["stop"]()
+
+
+@pytest.mark.parametrize("nginx", ["host", "image"], ids=["host-nginx", "gateway-image-1.27.3"])
+def test_gateway_own_grpc_errors_are_grpc_statuses(tmp_path, nginx):
+    """What nginx answers itself to a gRPC call is a gRPC status with a message, never HTML or JSON."""
+    import grpc
+
+    slow = GrpcBackend("slow", delay=3)
+    gw = start_grpc_gateway(tmp_path, [slow], image=gateway_image() if nginx == "image" else None,
+                            nginx_proxy_read_timeout="1s")
+    port, cert = gw["https"], gw["cert"]
+    try:
+        other = grpc_call(port, cert, "/grpc.health.v1.Health/Check")
+        assert other.code() == grpc.StatusCode.UNIMPLEMENTED and "inference.GRPCInferenceService" in other.details()
+        # On the wire as a gRPC server ends a failed call: 200, application/grpc, the status in trailers
+        # (gRPC-Go clients such as grpcurl take any other HTTP status, or no Content-Type, as UNKNOWN).
+        dump = subprocess.run(["curl", "-s", "--http2", "--cacert", str(cert), "-X", "POST", "-D", "-", "-o", "/dev/null",
+                               "-H", "content-type: application/grpc", "--data-binary", "",
+                               f"https://localhost:{port}/grpc.health.v1.Health/Check"],
+                              capture_output=True, text=True, timeout=30).stdout
+        headers, _, trailers = dump.partition("\n\n")  # text mode: CRLF read as LF
+        assert headers.startswith("HTTP/2 200") and "content-type: application/grpc" in headers.lower(), dump
+        assert "grpc-status: 12" in trailers and "grpc-status" not in headers, dump
+        big = grpc_call(port, cert, f"{SERVICE}/ModelInfer", b"\0" * (3 << 20))
+        assert big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "gateway limit of 2m" in big.details()
+        late = grpc_call(port, cert)
+        assert late.code() == grpc.StatusCode.UNAVAILABLE and "retry" in late.details(), late
+        slow.stop()
+        down = grpc_call(port, cert)
+        assert down.code() == grpc.StatusCode.UNAVAILABLE and "no service instance" in down.details(), down
+        # No call reached a replica but the slow one's, and a non-gRPC request to the path is the API's JSON 404.
+        assert [c["method"] for c in slow.calls] == [f"{SERVICE}/ServerLive"]
+        status, _, body = fetch(f"https://127.0.0.1:{port}{SERVICE}/ModelInfer", data=b"{}")
+        assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+    finally:
+        gw["stop"]()
+
+
+def test_gateway_retries_grpc_on_a_dead_replica(tmp_path):
+    a, b = GrpcBackend("a"), GrpcBackend("b")
+    gw = start_grpc_gateway(tmp_path, [a, b])
+    try:
+        b.stop()
+        answers = [grpc_call(gw["https"], gw["cert"], f"{SERVICE}/ModelInfer", b"x") for _ in range(6)]
+        assert [a[1]["backend"] if isinstance(a, tuple) else a for a in answers] == ["a"] * 6
+    finally:
+        gw["stop"]()

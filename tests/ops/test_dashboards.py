@@ -25,6 +25,10 @@ RULE_TESTS = sorted((ROOT / "dashboards/alerts/tests").glob("*.yml"))
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 METRIC_NAME = re.compile(r"\bprediction_service_[a-z0-9_]+")
+# The status values of a failure on the server side: REST's 5xx, and the gRPC codes the service answers
+# for the same failures (timeout, overload, unavailable, internal), as docs/CONTRACTS.md lists them.
+SERVER_ERRORS = 'status=~"5..|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED|UNAVAILABLE|INTERNAL|UNKNOWN|DATA_LOSS"'
+SUCCESS = 'status=~"[23]..|OK"'
 # Grafana variables -> values Prometheus accepts, so the rest of the expression is what gets parsed.
 GRAFANA_SUBSTITUTIONS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "${instance}": ".*",
                          "$instance": ".*"}
@@ -222,8 +226,20 @@ def test_dashboard_is_provisioning_ready():
             assert p["targets"], p["title"]
         exprs = " ".join(t["expr"] for p in panels for t in p.get("targets", []))
         for needle in ("prediction_service_requests_total", "histogram_quantile(0.5,", "histogram_quantile(0.95,",
-                       "histogram_quantile(0.99,", 'status=~"5.."', "prediction_service_cache_hits_total",
+                       "histogram_quantile(0.99,", SERVER_ERRORS, SUCCESS, "prediction_service_cache_hits_total",
                        "prediction_service_inference_duration_seconds_bucket", "prediction_service_db_write_queue_rows",
-                       "prediction_service_db_rows_dropped_total", 'up{job="prediction_service"'):
+                       "prediction_service_db_rows_dropped_total", 'up{job="prediction_service"',
+                       "sum by (api) (rate(prediction_service_requests_total", "sum by (le, api) (rate(",
+                       'api="grpc"'):
             assert needle in exprs, f"{path}: no panel uses {needle}"
         assert "sum by (le) (rate(prediction_service_request_duration_seconds_bucket" in exprs
+
+
+def test_error_and_success_filters_cover_every_api():
+    """Every status filter of the dashboards and alert rules is the whole set: a panel or alert that
+    matched only "5.." would not see gRPC's failures, nor one matching "[23].." its successes."""
+    text = "".join(p.read_text() for p in DASHBOARDS + RULE_FILES).replace('\\"', '"')
+    filters = re.findall(r'status=~"[^"]*"', text)
+    assert filters and set(filters) == {SERVER_ERRORS, SUCCESS}, sorted(set(filters))
+    contract = (ROOT / "docs/CONTRACTS.md").read_text()
+    assert SERVER_ERRORS in contract and SUCCESS in contract, "docs/CONTRACTS.md names both sets"

@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests/infra"))
 
-from pulumi_graph import STACKS, run_stack  # noqa: E402
+from pulumi_graph import STACKS, files_of, run_stack  # noqa: E402
 
 # The fields Grafana's provisioning documentation lists, with their types; anything else is refused.
 DATASOURCES_SCHEMA = {
@@ -54,8 +54,7 @@ PROVIDERS_SCHEMA = {
 
 
 def grafana_uploads(stack: str, tmp_path: Path) -> dict[str, str]:
-    graph = run_stack(stack, tmp_path / stack)
-    return {u["file"]: u["content"] for u in graph.container("monitoring-grafana").get("uploads")}
+    return files_of(run_stack(stack, tmp_path / stack), "monitoring-grafana")
 
 
 def role_render(stack: str, template: str, tmp_path: Path) -> str:

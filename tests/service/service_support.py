@@ -44,6 +44,8 @@ def service_env(model_path: Path, redis_url: str, db_url: str, **overrides) -> d
         "PREDICTION_INSTANCE": "test",
         "PREDICTION_DB_LOGGING": "false",
         "PREDICTION_LOG_LEVEL": "WARNING",
+        # gRPC off unless a test asks for it (grpc_port=<free port>): the default port is one per host.
+        "PREDICTION_GRPC_PORT": "0",
     }
     for key, value in overrides.items():
         env[f"PREDICTION_{key.upper()}"] = str(value)

@@ -23,6 +23,8 @@ def test_defaults_match_the_contract(env):
     assert (s.request_timeout_seconds, s.max_body_bytes, s.max_batch) == (5.0, 1048576, 1000)
     assert (s.db_queue_max, s.db_flush_interval_seconds, s.retention_days) == (100000, 0.5, 30)
     assert s.log_level == "WARNING" and s.db_logging is False
+    del env["PREDICTION_GRPC_PORT"]  # service_env turns gRPC off for the tests
+    assert load_settings(env).grpc_port == 8001
 
 
 def test_secrets_do_not_show_in_repr(env):
@@ -40,6 +42,8 @@ BAD = [
     ("PREDICTION_MODEL_PATH", "/nonexistent/models", "does not exist"),
     ("PREDICTION_PORT", "eighty", "expected an integer"),
     ("PREDICTION_PORT", "70000", "between 1 and 65535"),
+    ("PREDICTION_GRPC_PORT", "-1", "between 0 and 65535"),
+    ("PREDICTION_GRPC_PORT", "8000", "must differ from PREDICTION_PORT (8000)"),
     ("PREDICTION_CACHE_TTL_SECONDS", "0", ">= 1"),
     ("PREDICTION_MAX_IN_FLIGHT", "-3", ">= 1"),
     ("PREDICTION_REQUEST_TIMEOUT_SECONDS", "soon", "number of seconds"),
@@ -114,3 +118,20 @@ def _error_of(env, **changes) -> ConfigError:
     with pytest.raises(ConfigError) as err:
         load_settings({**env, **changes})
     return err.value
+
+
+def test_secrets_may_come_from_files_as_docker_secrets_do(env, tmp_path):
+    """PREDICTION_<NAME>_FILE names a file holding the value (Docker secrets under /run/secrets/)."""
+    key = tmp_path / "api_key"
+    key.write_text("k" * 20 + "\n")
+    env = {k: v for k, v in env.items() if k != "PREDICTION_API_KEY"}
+    settings = load_settings({**env, "PREDICTION_API_KEY_FILE": str(key)})
+    assert settings.api_key == "k" * 20  # the trailing newline is not part of it
+    with pytest.raises(ConfigError, match="PREDICTION_API_KEY_FILE: cannot read .*/missing"):
+        load_settings({**env, "PREDICTION_API_KEY_FILE": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="PREDICTION_API_KEY_FILE: is set together with PREDICTION_API_KEY"):
+        load_settings({**env, "PREDICTION_API_KEY": "k" * 20, "PREDICTION_API_KEY_FILE": str(key)})
+    short = tmp_path / "short"
+    short.write_text("short")
+    with pytest.raises(ConfigError, match="PREDICTION_API_KEY: API key must be at least 16"):
+        load_settings({**env, "PREDICTION_API_KEY_FILE": str(short)})

@@ -249,8 +249,15 @@ def parse_request(body: bytes, header_length: str | None, model: Model, max_batc
     inputs = doc.get("inputs")
     if type(inputs) is not list or not inputs:
         raise bad("inputs must be a non-empty list of tensors")
-    rows = _rows([_tensor(i, x) for i, x in enumerate(inputs)], model, max_batch, binary)
+    rows = tensor_rows(inputs, model, max_batch, binary)
     return InferRequest(request_id, rows, _requested_outputs(doc, model, binary_default))
+
+
+def tensor_rows(inputs: list, model: Model, max_batch: int, binary: memoryview = memoryview(b"")) -> list[list]:
+    """Validated feature rows from input tensors in the JSON form (name, shape, datatype, and data or
+    parameters.binary_data_size), binary data in input order. The gRPC form (oip_grpc/) converts its
+    input tensors to these, so both forms accept the same inputs and name the same faults."""
+    return _rows([_tensor(i, x) for i, x in enumerate(inputs)], model, max_batch, binary)
 
 
 # --- responses ------------------------------------------------------------------------------------
@@ -274,17 +281,24 @@ def _output(model: Model, name: str, results: list[dict]) -> tuple[dict, list]:
     return {"name": name, "datatype": "FP32", "shape": [n]}, [r["value"] for r in results]
 
 
+def raw_output(model: Model, name: str, results: list[dict]) -> tuple[dict, bytes]:
+    """Output ``name`` as its tensor (name, datatype, shape) and its data as raw little-endian bytes
+    (BYTES: each string length-prefixed), as binary data and the gRPC form's raw contents carry it."""
+    tensor, data = _output(model, name, results)
+    return tensor, _bytes_tensor(data) if tensor["datatype"] == "BYTES" else np.asarray(data, "<f4").tobytes()
+
+
 def encode_response(model: Model, request: InferRequest, results: list[dict], cache_hits: int) -> Answer:
     """The response, to be rendered with its id (the request's ``id``, else the request id); binary
     output data follows the JSON when an output asks for it."""
     outputs, blobs = [], []
     for name, binary in request.outputs:
-        tensor, data = _output(model, name, results)
         if binary:
-            blob = _bytes_tensor(data) if tensor["datatype"] == "BYTES" else np.asarray(data, "<f4").tobytes()
+            tensor, blob = raw_output(model, name, results)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
+            tensor, data = _output(model, name, results)
             tensor["data"] = data
         outputs.append(tensor)
     # {"model_name", "model_version", "id", "parameters", "outputs"}, cut around the id's value.

@@ -1,5 +1,5 @@
 """Images for a stack on a Docker engine with no registry: local builds of the upstream images the
-stack files pin (tests/docker/images/<folder>/), and the service image built offline.
+stack files pin (stack_emulator/stand_ins/<folder>/), and the service image built offline.
 
 A pinned image that is already on the engine is used as it is (a real upstream image pulled by a
 user, or an earlier local build whose recipe is unchanged). A local build carries the labels
@@ -8,12 +8,14 @@ user, or an earlier local build whose recipe is unchanged). A local build carrie
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +23,9 @@ from pathlib import Path
 import docker
 import docker.errors
 
-ROOT = Path(__file__).resolve().parents[3]
-IMAGES_DIR = ROOT / "tests/docker/images"
+ROOT = Path(__file__).resolve().parents[1]
+# One folder per upstream image the stack files pin: the recipe of its local stand-in.
+IMAGES_DIR = Path(__file__).resolve().parent / "stand_ins"
 BASE_TAG = "prediction-local/debian:bookworm"
 LOCAL_BUILD = "com.prediction.local-build"
 RECIPE = "com.prediction.recipe"
@@ -110,7 +113,7 @@ class Images:
             raise ImageError(f"{ref} is not on the Docker engine and there is no local recipe for {repository} "
                              f"(known: {', '.join(sorted(RECIPES))}); docker pull it or add one under {IMAGES_DIR}")
         if tag not in recipe.tags:
-            raise ImageError(f"{ref}: the local recipe tests/docker/images/{recipe.folder} stands in for "
+            raise ImageError(f"{ref}: the local recipe stack_emulator/stand_ins/{recipe.folder} stands in for "
                              f"{repository}:{' / '.join(recipe.tags)} only; pin that tag in the stack file or "
                              f"docker pull {ref}")
         base = self.ensure_base()
@@ -235,11 +238,23 @@ def _from_image(dockerfile: Path) -> str:
 
 def wheelhouse(requirements: Path) -> Path:
     """``pip download`` the image's packages (CPython 3.11, manylinux x86_64) into
-    service/wheelhouse/, once per content of ``requirements``."""
+    service/wheelhouse/, once per content of ``requirements`` — one download at a time, whoever asks
+    (two images of a stack share the folder and are realised in parallel)."""
     stamp = WHEELHOUSE / ".requirements.sha256"
     want = hashlib.sha256(requirements.read_bytes()).hexdigest()
     if stamp.is_file() and stamp.read_text().strip() == want:
         return WHEELHOUSE
+    with _WHEELHOUSE_THREADS, open(WHEELHOUSE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (stamp.is_file() and stamp.read_text().strip() == want):
+            _download(requirements, stamp, want)
+    return WHEELHOUSE
+
+
+_WHEELHOUSE_THREADS = threading.Lock()
+
+
+def _download(requirements: Path, stamp: Path, want: str) -> None:
     for old in WHEELHOUSE.glob("*.whl"):
         old.unlink()
     log(f"downloading wheels for {requirements.relative_to(ROOT)} into {WHEELHOUSE.relative_to(ROOT)}/")
@@ -254,4 +269,3 @@ def wheelhouse(requirements: Path) -> Path:
         raise ImageError(f"pip download for the service image failed: {' '.join(errors)}; the host needs "
                          f"the package index (or a pip find-links holding these wheels)")
     stamp.write_text(want + "\n")
-    return WHEELHOUSE

@@ -16,6 +16,22 @@ if [[ "$(id -u)" == 0 ]]; then
   exec setpriv --reuid=postgres --regid=postgres --init-groups "$BASH_SOURCE" "$@"
 fi
 
+# docker-library's file_env: VAR_FILE names a file (a Docker secret under /run/secrets/) holding VAR.
+file_env() {
+  local var="$1" file_var="${1}_FILE"
+  if [[ -n "${!var:-}" && -n "${!file_var:-}" ]]; then
+    echo "error: both $var and $file_var are set (but are exclusive)" >&2
+    exit 1
+  fi
+  if [[ -n "${!file_var:-}" ]]; then
+    export "$var"="$(< "${!file_var}")"
+    unset "$file_var"
+  fi
+}
+file_env POSTGRES_PASSWORD
+file_env POSTGRES_USER
+file_env POSTGRES_DB
+
 : "${POSTGRES_USER:=postgres}"
 : "${POSTGRES_DB:=$POSTGRES_USER}"
 

@@ -1,0 +1,73 @@
+"""The Swarm suite: Docker Swarms of containers that run their own dockerd
+(stack_emulator/swarm_nodes.py) on this machine's real engine, under unique name prefixes, with
+their sockets in a short temporary folder; each swarm is removed after its last test, also when a
+test fails.
+
+Without an engine, or without what the node image needs, the suite is skipped with one line;
+under CI (CI=true) it fails instead.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from swarm_support import SERVICE_IMAGE  # noqa: E402
+
+from stack_emulator import swarm_nodes  # noqa: E402
+from stack_emulator.engine import EngineMissing, engine_client  # noqa: E402
+from stack_emulator.images import ImageError, Images  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def swarm_engine():
+    """The host engine with the node image and SERVICE_IMAGE built; else one skip line (a failure under CI)."""
+    try:
+        client = engine_client()
+        started = time.monotonic()
+        swarm_nodes.node_image(client)
+        Images(client).ensure(SERVICE_IMAGE)
+        print(f"\n[swarm] node image and {SERVICE_IMAGE} ready in {time.monotonic() - started:.0f}s")
+        return client
+    except (EngineMissing, ImageError, swarm_nodes.SwarmError) as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the Swarm suite is mandatory under CI: {exc}")
+        pytest.skip(f"Swarm suite skipped: {exc}")
+
+
+@pytest.fixture(scope="session")
+def run_dir():
+    """Short, so the node sockets stay within the 107 characters a unix socket path may have."""
+    path = Path(tempfile.mkdtemp(prefix="swarm-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prefix_for():
+    run_id = secrets.token_hex(2)
+    return lambda name: f"t{run_id}-{name}"
+
+
+@pytest.fixture(scope="session")
+def swarm(swarm_engine, run_dir, prefix_for):
+    """3 nodes (node 1 the manager), node 3 labelled database=true, SERVICE_IMAGE on every node, node
+    ports 8080-8082 published on the host's loopback, a 1 s heartbeat so a lost node is seen fast."""
+    prefix = prefix_for("swarm")
+    sw = swarm_nodes.up(prefix, nodes=3, managers=1, labels={3: {"database": "true"}}, images=[SERVICE_IMAGE],
+                        ports=[8080, 8081, 8082], run_dir=run_dir / prefix, heartbeat=1)
+    t = sw.transfer
+    print(f"\n[swarm] {prefix}: 3 nodes up in {sw.timings['total']:.1f}s ("
+          + ", ".join(f"{k} {v:.1f}s" for k, v in sw.timings.items() if k != "total")
+          + f"); {SERVICE_IMAGE} ({t.tar_bytes / 1e6:.0f} MB) into 3 nodes in {t.seconds:.1f}s; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    yield sw
+    swarm_nodes.down(prefix, run_dir=run_dir / prefix)
