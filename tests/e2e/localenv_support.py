@@ -5,9 +5,7 @@ Not in conftest.py so test modules import it by a unique name (several conftest.
 from __future__ import annotations
 
 import os
-import random
 import re
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -15,48 +13,13 @@ from pathlib import Path
 
 import requests
 
+from harness.net import free_ports, port_free  # noqa: F401 (the e2e tests import them from here)
 from harness.postgres import query as harness_query
 from harness.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SCRIPT = ROOT / "scripts" / "localenv.sh"
-
-
-# Lowest port the environment picks from: above the well-known and registered-service ports people use
-# for their own servers (and make up's defaults: 8001…, 8443, 8080, 15432, 16379, 19090, 19100).
-LOWEST_PORT = 20000
-
-
-def ephemeral_port_range() -> tuple[int, int]:
-    """The kernel's range for ports it hands out by itself: bind() to port 0 (every test harness's
-    free port) and the source port of every outgoing connection (net.ipv4.ip_local_port_range)."""
-    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-    return int(low), int(high)
-
-
-def free_ports(n: int, adjacent: int = 1) -> list[int]:
-    """n distinct free loopback ports, each the first of ``adjacent`` free consecutive ports, from
-    below the kernel's ephemeral range.
-
-    A port picked with bind(("127.0.0.1", 0)) comes from the ephemeral range, and is free again as soon
-    as the picking socket closes: until the environment's program binds it (minutes later, while make up
-    starts the data layer first), and whenever the tests stop and start a program, the kernel may hand
-    the same port to any other process — another test run's free port on a shared machine, the source
-    port of an outgoing connection. The program then cannot bind it, and whatever got it answers there
-    instead. Outside that range the kernel hands out no port by itself.
-    """
-    low, _ = ephemeral_port_range()
-    if low - LOWEST_PORT < 1000:
-        raise RuntimeError(f"net.ipv4.ip_local_port_range starts at {low}: no room below it for test ports")
-    chosen: list[int] = []
-    for port in random.sample(range(LOWEST_PORT, low - adjacent + 1), low - adjacent + 1 - LOWEST_PORT):
-        block = range(port, port + adjacent)
-        if all(p not in chosen and port_free(p) for p in block):
-            chosen.extend(block)
-            if len(chosen) == n * adjacent:
-                return chosen[::adjacent]
-    raise RuntimeError(f"fewer than {n} free ports between {LOWEST_PORT} and {low}")
 
 
 @dataclass
@@ -129,15 +92,6 @@ def read_state(path: Path) -> dict:
             k, v = line.split("=", 1)
             state[k] = v.strip('"')
     return state
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def listening_pids(port: int) -> set[int]:

@@ -1,4 +1,4 @@
-"""The ports the e2e environments run on: free, distinct, and out of the kernel's own hands.
+"""The ports the test environments and servers run on: free, distinct, and out of the kernel's own hands.
 
 A port from the kernel's ephemeral range (what bind() to port 0 returns) is handed out again by the
 kernel, to any process, as soon as nothing holds it: between the tests choosing it and make up's program
@@ -8,7 +8,7 @@ suite's "nothing supervised listens on ports [...]" (issue 21).
 """
 import socket
 
-from localenv_support import LOWEST_PORT, ephemeral_port_range, free_ports
+from harness.net import LOWEST_PORT, ephemeral_port_range, free_port, free_ports
 
 
 def test_ports_are_free_distinct_and_below_the_ephemeral_range():
@@ -20,6 +20,12 @@ def test_ports_are_free_distinct_and_below_the_ephemeral_range():
     for port in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))  # free: binds without SO_REUSEADDR
+
+
+def test_every_suite_picks_from_there():
+    """free_port (the test servers of tests/service, tests/ops, tests/infra) is the same choice."""
+    low, _ = ephemeral_port_range()
+    assert all(LOWEST_PORT <= free_port() < low for _ in range(20))
 
 
 def test_no_port_the_kernel_hands_out_is_one_of_them():
