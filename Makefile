@@ -30,7 +30,8 @@ help:
 	@echo "make grpc-protoset   recompile the vendored gRPC protocol (service/prediction_service/oip_grpc/) after changing it"
 	@echo "make timescaledb   give PostgreSQL 15 the pinned TimescaleDB (package, else build from TIMESCALEDB_SOURCE)"
 	@echo "make preview|deploy STACK=dev|staging|prod   pulumi preview / up for one stack"
-	@echo "make pristine-check   make test and make up on a pristine Debian 12 container, timed (root, Docker)"
+	@echo "make pristine-check   make test and make up on a pristine Debian 12 container, timed (root, Docker);"
+	@echo "                      no engine inside (Docker suite skipped); PRISTINE_DOCKER=1: an engine inside, all suites"
 	@echo "make stack-up|stack-preview|stack-down|stack-status STACK=dev|staging|prod   a stack on this Docker engine, as pulumi up/preview/destroy would change it (no Pulumi CLI)"
 	@echo "make test-docker   only the Docker suite (tests/docker: images, stacks, drills)"
 
@@ -143,6 +144,7 @@ preview deploy: venv
 
 # Before each release (not in CI: it repeats the whole suite inside a container): the two commands as a
 # new user runs them, on a debootstrapped Debian 12 with the clone under /root. Needs root and Docker.
+# PRISTINE_DOCKER=1: with a Docker engine inside the container too, so the Docker suite runs there.
 pristine-check:
 	@scripts/pristine-check.sh
 

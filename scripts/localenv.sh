@@ -50,6 +50,22 @@ keep_state_reachable() {
   VAR_DIR="$outside" CONF="$outside/supervisor/supervisord.conf" STATE="$outside/localenv.env"
 }
 
+# The message of the playbook's last failed task, as written (several lines when it quotes a log).
+failure_message() {
+  "$BIN/python" - "$1" <<'EOF'
+import json, re, sys
+msg = "see the output above"
+for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
+    found = re.match(r"(?:fatal|failed): \[[^]]*\].*? => (\{.*\})\s*$", line)
+    if found:
+        try:
+            msg = json.loads(found.group(1)).get("msg", msg)
+        except ValueError:
+            pass
+print(msg)
+EOF
+}
+
 running() { [[ -f "$CONF" ]] && supervisorctl pid >/dev/null 2>&1 && [[ "$(supervisorctl pid)" =~ ^[0-9]+$ ]]; }
 
 # Everything the playbook's result depends on, hashed; stored after a successful run.
@@ -121,7 +137,7 @@ case "${1:-}" in
       LOCALENV_VAR_DIR="$VAR_DIR" ANSIBLE_PIPELINING=1 ANSIBLE_CONFIG="$ROOT/ansible.cfg" ANSIBLE_DISPLAY_SKIPPED_HOSTS=0 \
         ANSIBLE_DISPLAY_OK_HOSTS="${ANSIBLE_DISPLAY_OK_HOSTS:-0}" ANSIBLE_NOCOLOR=1 \
         "$BIN/ansible-playbook" -i inventories/local playbooks/local.yml "$@" 2>&1 | tee "$VAR_DIR/up.log" \
-        || { echo "make up stopped: $(grep -o '"msg": "[^"]*' "$VAR_DIR/up.log" | tail -1 | cut -d'"' -f4)"; \
+        || { echo "make up stopped: $(failure_message "$VAR_DIR/up.log")"; \
              echo "  (full output: $VAR_DIR/up.log)"; exit 1; }
       case " $* " in *" --check "*|*" -C "*) ;; *) echo "$want" > "$VAR_DIR/.up-fingerprint" ;; esac
     fi

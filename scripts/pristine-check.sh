@@ -11,9 +11,12 @@
 #      through the gateway.
 #   3. One line with the time of each command; exit status non-zero when any step failed.
 #
-# Needs root and a Docker engine. The container has no Docker engine of its own, so the Docker suite
-# prints its one skip line there; the host's CA bundle is mounted and named in PIP_CERT so pip trusts
-# whatever TLS inspection sits between the container and the package index (harmless elsewhere).
+# Needs root and a Docker engine. By default the container has no Docker engine of its own, as in most
+# containers and CI runners, so the Docker suite prints its one skip line there. PRISTINE_DOCKER=1 gives
+# the container what an engine inside it needs, and `make test` starts one there (scripts/docker-engine.sh:
+# docker.io from Debian, dockerd in the background), so the Docker suite runs too. The host's CA bundle is
+# mounted and named in PIP_CERT so pip trusts whatever TLS inspection sits between the container and the
+# package index (harmless elsewhere).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,11 +47,25 @@ if [[ "${PRISTINE_REBUILD:-0}" == 1 ]] || ! docker image inspect "$IMAGE" >/dev/
   build_image
 fi
 
+# What an engine inside needs, without --privileged (which this kind of host's engine may refuse): every
+# capability but SYS_RESOURCE, no seccomp/AppArmor confinement and no masked /proc, /sys paths, every
+# device, its own cgroup namespace, /sys and the cgroup hierarchies writable (remounted inside, below),
+# and /var/lib/docker on a volume: overlay2 cannot stack on the container's own overlay root.
+engine_args=()
+if [[ "${PRISTINE_DOCKER:-0}" == 1 ]]; then
+  engine_args=(--cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined
+               --security-opt systempaths=unconfined --security-opt apparmor=unconfined
+               --device-cgroup-rule 'a *:* rwm' --cgroupns private --mount type=volume,dst=/var/lib/docker
+               -e PRISTINE_DOCKER=1)
+fi
+
 work="$(mktemp -d)"
-cleanup() { docker rm -f "$NAME" >/dev/null 2>&1 || true; rm -rf "$work"; }
+cleanup() { docker rm -f -v "$NAME" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 git -C "$ROOT" bundle create -q "$work/repo.bundle" HEAD
-echo "==> $IMAGE: clone of $(git -C "$ROOT" rev-parse --short HEAD) under /root, then make test; make up"
+echo "==> $IMAGE: clone of $(git -C "$ROOT" rev-parse --short HEAD) under /root, then make test; make up" \
+  "($([[ "${PRISTINE_DOCKER:-0}" == 1 ]] && echo "a Docker engine inside: the Docker suite runs" \
+      || echo "no Docker engine inside: the Docker suite skips"))"
 
 ca_args=()
 [[ -f "$HOST_CA" ]] && ca_args=(-v "$HOST_CA:/etc/ssl/host-ca-bundle.crt:ro" -e PIP_CERT=/etc/ssl/host-ca-bundle.crt)
@@ -56,9 +73,14 @@ ca_args=()
 # Inside: exactly the README's steps, timed. Distribution services start between the two commands.
 # SYS_PTRACE: root on a real machine reads every process's /proc/<pid>/fd (ss -p, used by the testinfra
 # suite, names the postgres-owned listener that way); Docker drops that capability by default.
-docker run --name "$NAME" --label com.prediction.pristine-check=1 --cap-add SYS_PTRACE "${ca_args[@]}" \
-  -v "$work/repo.bundle:/tmp/repo.bundle:ro" "$IMAGE" bash -c '
+docker run --name "$NAME" --label com.prediction.pristine-check=1 --cap-add SYS_PTRACE "${engine_args[@]}" \
+  "${ca_args[@]}" -v "$work/repo.bundle:/tmp/repo.bundle:ro" "$IMAGE" bash -c '
 set -uo pipefail
+if [ "${PRISTINE_DOCKER:-0}" = 1 ]; then
+  # Docker mounts them read-only; dockerd writes cgroups (what --privileged would have left writable).
+  mount -o remount,rw /sys || exit 1
+  for d in /sys/fs/cgroup /sys/fs/cgroup/*; do mount -o remount,bind,rw "$d" || exit 1; done
+fi
 git -c advice.detachedHead=false clone -q /tmp/repo.bundle /root/prediction-platform && cd /root/prediction-platform || exit 1
 start=$SECONDS; make test; test_rc=$?; test_s=$((SECONDS - start))
 echo "==> the distribution services on their default ports, as systemd starts them on install"
@@ -74,6 +96,8 @@ if [ $up_rc = 0 ]; then
     -d "{\"sepal_length\":5.1,\"sepal_width\":3.5,\"petal_length\":1.4,\"petal_width\":0.2}" \
     "$LOCALENV_URL/api/v1/models/iris/predict" && predict=ok && echo
 fi
-echo "pristine-check: make test ${test_s} s (exit $test_rc), make up ${up_s} s (exit $up_rc), prediction $predict"
+engine="no Docker engine inside"
+[ "${PRISTINE_DOCKER:-0}" = 1 ] && engine="Docker engine inside: $(docker version -f "{{.Server.Version}}" 2>/dev/null || echo "did not answer")"
+echo "pristine-check ($engine): make test ${test_s} s (exit $test_rc), make up ${up_s} s (exit $up_rc), prediction $predict"
 [ $test_rc = 0 ] && [ $up_rc = 0 ] && [ $predict = ok ]
 '

@@ -24,6 +24,7 @@ from docker_support import StackClient  # noqa: E402
 
 from stack_emulator import stack as emulator  # noqa: E402
 from stack_emulator.engine import EngineMissing, engine_client  # noqa: E402
+from harness.suite_skip import fold  # noqa: E402
 from stack_emulator.images import Images  # noqa: E402
 
 
@@ -38,6 +39,15 @@ def pytest_runtest_teardown(item, nextitem):
     if nextitem is None or here not in Path(str(nextitem.fspath)).parents:
         while _stop_stacks:
             _stop_stacks.pop()()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """The tests the missing engine skips make one -ra line per skip, at its pytest.skip (harness/suite_skip.py)."""
+    report = yield
+    fold(report, __file__, "Docker suite skipped: ")
+    fold(report, str(Path(__file__).parent / "test_swarm_provider.py"), "Swarm provider tests skipped: ")
+    return report
 
 
 def pytest_collection_modifyitems(items):

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from harness.net import free_port
 from stack_emulator import stack as emulator
 from stack_emulator.program import stacks
 from stack_emulator.stack import ROOT
@@ -92,6 +93,4 @@ def test_an_image_that_cannot_be_had_names_it_and_leaves_nothing(docker_engine, 
 
 
 def free() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from localenv_support import ROOT, SCRIPT, LocalEnv, free_ports, port_free, read_state
+from localenv_support import ROOT, SCRIPT, LocalEnv, free_ports, read_state
 
 
 @pytest.fixture(scope="session")
@@ -26,13 +25,13 @@ def localenv() -> LocalEnv:
         pytest.fail("service/models is missing: run `make model` (make test does it first)")
     var_dir = Path(tempfile.mkdtemp(prefix="localenv-e2e-"))
     var_dir.chmod(0o755)  # PostgreSQL runs as its own OS user when the tests run as root
-    names = ["https", "http", "service_base", "postgres", "redis", "prometheus", "node_exporter", "postgres_exporter",
+    names = ["https", "http", "postgres", "redis", "prometheus", "node_exporter", "postgres_exporter",
              "redis_exporter"]
-    ports = free_ports(len(names) + 1)
-    # Service instances take base and base+1 (REST) and grpc_base and grpc_base+1: adjacent free ports.
-    base, grpc_base = [p for p in random.sample(range(20000, 60000, 2), 500)
-                       if port_free(p) and port_free(p + 1) and p not in ports and p + 1 not in ports][:2]
-    settings = {f"localenv_{n}_port": p for n, p in zip(names, ports) if n != "service_base"}
+    # Service instances take base and base+1 (REST) and grpc_base and grpc_base+1: two adjacent free
+    # ports each. All of them from below the kernel's ephemeral range, so no other process is handed one
+    # of them meanwhile (free_ports).
+    *ports, base, grpc_base = free_ports(len(names) + 2, adjacent=2)
+    settings = {f"localenv_{n}_port": p for n, p in zip(names, ports)}
     settings.update({"localenv_service_base_port": base, "localenv_service_grpc_base_port": grpc_base,
                      "localenv_service_instances": 2, "localenv_scrape_interval": "2s"})
     vars_file = var_dir / "e2e-vars.json"

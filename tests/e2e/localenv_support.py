@@ -5,30 +5,21 @@ Not in conftest.py so test modules import it by a unique name (several conftest.
 from __future__ import annotations
 
 import os
-import socket
+import re
 import subprocess
 import sys
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
+from harness.net import free_ports, port_free  # noqa: F401 (the e2e tests import them from here)
 from harness.postgres import query as harness_query
 from harness.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SCRIPT = ROOT / "scripts" / "localenv.sh"
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (all sockets held open together, so no duplicates)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
 
 
 @dataclass
@@ -103,18 +94,21 @@ def read_state(path: Path) -> dict:
     return state
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+def listening_pids(port: int) -> set[int]:
+    """The processes holding a listening TCP socket on ``port`` (ss -p)."""
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, timeout=30).stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
 
 
-def wait_instances_ready(env: LocalEnv, timeout: float = 60) -> None:
-    """Every service instance answers /ready itself (the gateway's /ready needs only one of them)."""
+def wait_instances_ready(env: LocalEnv, timeout: float = 120) -> None:
+    """Every service instance, itself, listens on its port and answers /ready (the gateway's /ready needs
+    only one of them; and another process answering on an instance's port is not that instance)."""
     base = int(env.settings["localenv_service_base_port"])
-    for port in range(base, base + int(env.settings["localenv_service_instances"])):
-        wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200, timeout,
-                   f"the instance on port {port} to be ready")
+    for i in range(int(env.settings["localenv_service_instances"])):
+        port, program = base + i, f"service-{i + 1}"
+
+        def serving() -> bool:
+            pid = int(env.supervisorctl("pid", program).stdout.strip() or 0)
+            return (pid > 0 and pid in listening_pids(port)
+                    and requests.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200)
+        wait_until(serving, timeout, f"{program} itself to listen on port {port} and be ready")

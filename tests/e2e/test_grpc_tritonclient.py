@@ -96,10 +96,18 @@ def test_errors_are_grpc_statuses_with_messages(client, localenv):
 
 
 def test_gateway_limit_is_a_grpc_status(localenv):
+    """Above both limits, whichever sees it first answers, and either way it is RESOURCE_EXHAUSTED.
+
+    nginx passes a gRPC call's body on as it arrives and counts it against its 2m; the instance refuses the
+    message as soon as its first frame declares 3.2 MB (its limit is 1 MiB). Which answer reaches the client
+    first is a race (on a loaded machine, often the instance's): the gateway's own message is checked in
+    tests/infra/test_shared_templates.py, against a replica that does not answer first."""
     c = triton.InferenceServerClient(localenv.url.removeprefix("https://"), ssl=True, root_certificates=localenv.cacert)
     with pytest.raises(InferenceServerException) as err:
         c.infer("iris", tensor(np.zeros((200000, 4), np.float32)), headers=auth(localenv))  # 3.2 MB
-    assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED" and "gateway limit of 2m" in err.value.message()
+    message = err.value.message()
+    assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED", err.value
+    assert "gateway limit of 2m" in message or "larger than max (3200032 vs. 1048576)" in message, message
     c.close()
 
 

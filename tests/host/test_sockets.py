@@ -9,8 +9,9 @@ from host_expectations import run_ok
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
-def _listeners(host) -> list[tuple[str, int, set[int]]]:
-    """(address, port, pids) of every listening TCP socket on the target (`ss -Hltnp`)."""
+def _listeners(host, with_lines: bool = False) -> list[tuple]:
+    """(address, port, pids) of every listening TCP socket on the target (`ss -Hltnp`); with
+    ``with_lines``, ss's own line as a fourth item (for messages)."""
     out = run_ok(host, "ss -Hltnp")
     result = []
     for line in out.splitlines():
@@ -20,7 +21,7 @@ def _listeners(host) -> list[tuple[str, int, set[int]]]:
         addr, _, port = fields[3].rpartition(":")
         addr = addr.strip("[]").split("%")[0]
         pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
-        result.append((addr, int(port), pids))
+        result.append((addr, int(port), pids, " ".join(fields)) if with_lines else (addr, int(port), pids))
     return result
 
 
@@ -44,6 +45,11 @@ def test_supervised_processes_listen_only_where_intended(host, localenv):
                localenv["postgres_exporter_port"]: LOOPBACK, localenv["redis_exporter_port"]: LOOPBACK,
                localenv["https_port"]: None, localenv["http_port"]: None}
     allowed.update({p: LOOPBACK for p in localenv["service_ports"] + localenv["service_grpc_ports"]})
+    owner = {localenv["postgres_port"]: "postgres", localenv["redis_port"]: "redis",
+             localenv["prometheus_port"]: "prometheus", localenv["node_exporter_port"]: "node-exporter",
+             localenv["https_port"]: "nginx", localenv["http_port"]: "nginx",
+             **{p: f"service-{i + 1}" for i, p in enumerate(localenv["service_ports"])},
+             **{p: f"service-{i + 1} (gRPC)" for i, p in enumerate(localenv["service_grpc_ports"])}}
     supervisord = int(run_ok(host, f"{localenv['supervisorctl']} pid").strip())
     tree = {}
     for line in run_ok(host, "ps -e -o pid=,ppid=").splitlines():
@@ -60,4 +66,17 @@ def test_supervised_processes_listen_only_where_intended(host, localenv):
     assert not wrong, (f"supervised processes listen where the inventory does not say: {wrong} "
                        f"(allowed: {sorted(allowed)})")
     missing = [p for p in allowed if not any(lp == p and pids & ours for _, lp, pids in listeners)]
-    assert not missing, f"nothing supervised listens on ports {missing}"
+    if missing:
+        # Which program should be there, what supervisord says of it, and what (if anything) listens there.
+        status = run_ok(host, f"{localenv['supervisorctl']} status || true")
+        there = _listeners(host, with_lines=True)
+        log = host.file(f"{localenv['var_dir']}/supervisor/logs/supervisord.log")
+        events = log.content_string.splitlines() if log.exists else []
+
+        def about(program: str) -> str:
+            state = next((line for line in status.splitlines() if line.startswith(program + " ")), "?")
+            mentions = [e for e in events if f"'{program}'" in e or f" {program} " in e][-4:]
+            return f"{program}: {state}; supervisord's last events for it: {mentions}"
+        details = [f"{p} ({about(owner[p])}; listening there now: "
+                   f"{[line for _, lp, _, line in there if lp == p] or 'nothing'})" for p in missing]
+        pytest.fail(f"nothing supervised listens on ports {missing}:\n  " + "\n  ".join(details))

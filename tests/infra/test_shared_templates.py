@@ -26,6 +26,7 @@ import jinja2
 import pytest
 import yaml
 
+from harness.net import free_port
 from harness.waiting import wait_until
 from harness.gateway import check_own_errors, check_upstream_error, mozilla_intermediate_issues, raw_request
 
@@ -41,12 +42,6 @@ def render(template: Path, **variables) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template.parent)), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, keep_trailing_newline=True)
     return env.get_template(template.name).render(**variables)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def self_signed(tmp: Path) -> tuple[Path, Path]:
@@ -181,7 +176,7 @@ def start_gateway(tmp_path: Path, backends: list[Backend], image: str | None = N
         command = ["docker", "run", "--rm", "--name", container, "--network", "host",
                    "-v", f"{tmp_path}:{tmp_path}", "--entrypoint", "nginx", image, *command[1:]]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a liveness bound: nginx (or its container) may start slowly under load
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", https_port), timeout=0.2).close()

@@ -5,6 +5,7 @@ A module with its own name, not conftest.py: test folders each have a conftest, 
 """
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import subprocess
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 from harness.net import free_port, wait_for_port
+from prediction_service.state import STATE
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_DIR = ROOT / "service"
@@ -88,3 +90,13 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+async def wait_in_flight(app, n: int, timeout: float = 60.0) -> None:
+    """Until the server has admitted (or released) the requests: a liveness bound, not a speed check."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while app[STATE].in_flight != n:
+        if loop.time() > deadline:
+            raise AssertionError(f"in_flight stayed {app[STATE].in_flight}, expected {n}")
+        await asyncio.sleep(0.01)

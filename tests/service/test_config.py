@@ -1,6 +1,8 @@
 """Configuration: every wrong or missing PREDICTION_* value stops start-up with one clear line."""
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
 
@@ -81,6 +83,41 @@ def test_migrate_needs_only_the_database_url():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "configuration error: PREDICTION_TIMESCALE_URL: is required but not set (see docs/CONTRACTS.md for its meaning)"]
+
+
+def test_port_taken_exits_with_one_log_line_naming_it(env):
+    """Past the settings, the one start-up failure left is the listening socket: one JSON log line, no traceback."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "prediction_service"], capture_output=True, text=True, timeout=120,
+                              env={**env, "PREDICTION_HOST": "127.0.0.1", "PREDICTION_PORT": str(port),
+                                   "PYTHONPATH": str(SERVICE_DIR)}, cwd=SERVICE_DIR)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert last["level"] == "ERROR" and last["msg"].startswith(f"cannot listen on 127.0.0.1:{port}: "), last
+    assert "address already in use" in last["msg"].lower() and "Traceback" not in proc.stderr
+
+
+def test_check_config_validates_without_starting(env):
+    """`python -m prediction_service check-config`: what deployment tools run before starting an instance."""
+    def check(**changes):
+        return subprocess.run([sys.executable, "-m", "prediction_service", "check-config"], capture_output=True,
+                              text=True, timeout=60, env={**env, **changes, "PYTHONPATH": str(SERVICE_DIR)},
+                              cwd=SERVICE_DIR)
+    ok = check()
+    assert (ok.returncode, ok.stdout.strip()) == (0, "configuration ok"), ok.stderr
+    refused = check(PREDICTION_API_KEY="too-short")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [f"configuration error: {message}" for message in
+                                                   [str(_error_of(env, PREDICTION_API_KEY="too-short"))]]
+
+
+def _error_of(env, **changes) -> ConfigError:
+    with pytest.raises(ConfigError) as err:
+        load_settings({**env, **changes})
+    return err.value
 
 
 def test_secrets_may_come_from_files_as_docker_secrets_do(env, tmp_path):

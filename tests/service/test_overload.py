@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from service_support import API_KEY, AUTH, IRIS
+from service_support import API_KEY, AUTH, IRIS, wait_in_flight
 from prediction_service.app import create_app
-from prediction_service.state import STATE
 
 BODY = json.dumps(IRIS).encode()
 
@@ -29,14 +28,6 @@ async def finish(reader, writer) -> int:
     status_line = await reader.readline()
     writer.close()
     return int(status_line.split()[1])
-
-
-async def wait_in_flight(app, n: int) -> None:
-    for _ in range(400):
-        if app[STATE].in_flight == n:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"in_flight stayed {app[STATE].in_flight}, expected {n}")
 
 
 async def test_over_the_limit_is_a_fast_503_with_retry_after(aiohttp_client, make_settings):

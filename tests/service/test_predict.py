@@ -148,9 +148,9 @@ async def test_local_tier_model_never_touches_redis(client, redis_server):
     body = await (await client.post(PREDICT.format("iris") + "?version=1", json=VIRGINICA, headers=AUTH)).json()
     assert body["cached"] is True
     await client.post(PREDICT.format("iris") + "?version=2", json=VIRGINICA, headers=AUTH)
-    for _ in range(100):  # the shared-tier write of v2 is the witness that writes did happen
-        if redis_server.client().keys("pred:iris:2:*"):
-            break
+    deadline = asyncio.get_running_loop().time() + 60  # the background write: a liveness bound
+    # The shared-tier write of v2 is the witness that writes did happen.
+    while not redis_server.client().keys("pred:iris:2:*") and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
     assert redis_server.client().keys("pred:iris:2:*")
     assert not redis_server.client().keys("pred:iris:1:*")

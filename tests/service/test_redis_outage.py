@@ -16,7 +16,7 @@ def instance(i: int) -> dict:
     return dict(IRIS, sepal_length=4.0 + i / 100)
 
 
-async def eventually(check, timeout: float = 10.0):
+async def eventually(check, timeout: float = 60.0):  # a liveness bound, not a speed check
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = await check()

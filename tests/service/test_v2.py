@@ -12,9 +12,8 @@ import pytest
 import tritonclient.http as triton
 
 from metrics_text import sample
-from service_support import API_KEY, AUTH, IRIS
+from service_support import API_KEY, AUTH, IRIS, wait_in_flight
 from prediction_service.app import create_app
-from prediction_service.state import STATE
 from prediction_service.storage import apply_migrations
 
 FEATURES = list(IRIS)
@@ -278,10 +277,7 @@ async def test_overload_is_the_same_fast_503(aiohttp_client, make_settings):
     writer.write((f"POST {INFER} HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEY}\r\nContent-Type: application/json\r\n"
                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:10])
     await writer.drain()
-    for _ in range(400):
-        if app[STATE].in_flight == 1:
-            break
-        await asyncio.sleep(0.01)
+    await wait_in_flight(app, 1)
     resp = await client.post(INFER, json=matrix([ROW]), headers=AUTH)
     assert resp.status == 503 and resp.headers["Retry-After"] == "1"
     assert "too many requests in flight" in (await resp.json())["error"]
@@ -318,11 +314,13 @@ async def test_v2_writes_the_same_log_rows(aiohttp_client, make_settings, fresh_
     assert resp.status == 200
     rid = resp.headers["X-Request-ID"]
     await v1(client, [other])
-    for _ in range(300):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60  # the writer's flush: a liveness bound, not a speed check
+    while True:
         with psycopg2.connect(fresh_db) as conn, conn.cursor() as cur:
             cur.execute("SELECT request_id, input, output, cache_hit FROM predictions ORDER BY time, input->>'petal_width'")
             rows = cur.fetchall()
-        if len(rows) == 3:
+        if len(rows) == 3 or loop.time() > deadline:
             break
         await asyncio.sleep(0.1)
     v2_rows = [r for r in rows if r[0] == rid]

@@ -24,7 +24,16 @@ from swarm_support import SERVICE_IMAGE  # noqa: E402
 
 from stack_emulator import swarm_nodes  # noqa: E402
 from stack_emulator.engine import EngineMissing, engine_client  # noqa: E402
+from harness.suite_skip import fold  # noqa: E402
 from stack_emulator.images import ImageError, Images  # noqa: E402
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """The tests the missing engine skips make one -ra line, at the skip below (harness/suite_skip.py)."""
+    report = yield
+    fold(report, __file__, "Swarm suite skipped: ")
+    return report
 
 
 @pytest.fixture(scope="session")
