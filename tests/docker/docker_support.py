@@ -157,10 +157,18 @@ class StackClient:
         return result.output.decode()
 
     def sql(self, query: str) -> list[list[str]]:
-        """Rows of ``query`` run with psql inside the database container (its local socket)."""
-        out = self.exec("database-container", "psql", "-XAtq", "-F", "\t", "-v", "ON_ERROR_STOP=1",
-                        "-U", "prediction_user", "-d", "prediction_db", "-c", query, user="postgres")
-        return [line.split("\t") for line in out.splitlines() if line]
+        """Rows of ``query`` run with psql inside the database container (its local socket). A last line
+        marks the end of the rows: on a loaded machine the engine (20.10) now and then hands back an exec's
+        output empty though the command succeeded, which must not read as "no rows"; then it runs again."""
+        end = "-- end of rows --"
+        for _ in range(3):
+            out = self.exec("database-container", "psql", "-XAtq", "-F", "\t", "-v", "ON_ERROR_STOP=1",
+                            "-U", "prediction_user", "-d", "prediction_db", "-c", query,
+                            "-c", f"SELECT '{end}'", user="postgres")
+            lines = [line for line in out.splitlines() if line]
+            if lines and lines[-1] == end:
+                return [line.split("\t") for line in lines[:-1]]
+        raise AssertionError(f"{query!r}: psql's output came back without its end three times: {out!r}")
 
     def scalar(self, query: str) -> str:
         rows = self.sql(query)
