@@ -214,10 +214,13 @@ def main(spec_path: str) -> None:
 
     realiser = None
     images = spec.get("realise_images", True)
+    if images == "check":
+        from stack_emulator import outputs
+        outputs.PREPARE_CONTEXTS = False
     if mode == "up" and images == "stand-in":
         from stack_emulator.outputs import StandInImages
         realiser = StandInImages()
-    elif mode == "up" and images:
+    elif mode == "up" and images and images != "check":
         from stack_emulator.outputs import ImageRealiser
         realiser = ImageRealiser()
     recorder = Recorder(mode, spec.get("prior", {}), realiser)

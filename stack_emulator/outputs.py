@@ -133,6 +133,10 @@ def build_paths(inputs: dict) -> tuple[Path, Path]:
     return context, dockerfile
 
 
+# False when the program only checks a stack file (stack.check): the wheelhouse is not downloaded then.
+PREPARE_CONTEXTS = True
+
+
 def context_digest(inputs: dict) -> str:
     """pulumi-docker's ``hashContext`` (provider/provider.go): the Dockerfile under the name
     "Dockerfile", then every file of the context not excluded by the .dockerignore, each as its
@@ -143,7 +147,7 @@ def context_digest(inputs: dict) -> str:
     context, dockerfile = build_paths(inputs)
     if not context.is_dir() or not dockerfile.is_file():
         return UNKNOWN
-    if (context / "requirements.txt").is_file() and (context / "wheelhouse").is_dir():
+    if PREPARE_CONTEXTS and (context / "requirements.txt").is_file() and (context / "wheelhouse").is_dir():
         wheelhouse(context / "requirements.txt")
     ignore_file = Path(f"{dockerfile}.dockerignore")
     if not ignore_file.is_file():

@@ -136,10 +136,13 @@ def check(stack: str, var_dir: Path = VAR, config: dict | None = None) -> None:
     """Everything that needs no engine: the stack name, and the program over the stack file."""
     check_stack(stack)
     st = state_mod.load(stack, var_dir)
-    _program(stack, "preview", st, _config(_settings(st, None, None, config)), realise=False)
+    _program(stack, "preview", st, _config(_settings(st, None, None, config)), realise="check")
 
 
-def _program(stack: str, mode: str, st: StackState, config: dict, realise: bool) -> Graph:
+def _program(stack: str, mode: str, st: StackState, config: dict, realise: bool | str) -> Graph:
+    """realise: images built/taken on the engine (True), left unknown (False), or "check": unknown and
+    their build contexts not prepared either (no wheel download; only whether the program accepts the
+    stack file matters, before any engine is asked)."""
     try:
         return run_program(stack, mode=mode, config=config, prior=st.prior(), realise_images=realise)
     except ImagesFailed as exc:
@@ -196,7 +199,7 @@ def up(stack: str, *, prefix: str | None = None, ports: str | None = None, var_d
             if swarm_heartbeat is not None:
                 s["heartbeat"] = swarm_heartbeat
             # Everything that needs no engine first: the stack file through the program.
-            checked = _program(stack, "preview", st, _config(s), realise=False)
+            checked = _program(stack, "preview", st, _config(s), realise="check")
             try:
                 client = engine_client()
             except EngineMissing as exc:
