@@ -154,7 +154,8 @@ class Swarm:
         by_name = {n.name: n.index for n in self.nodes}
         out: dict[int, dict] = {}
         for entry in sorted(self.client().nodes.list(), key=lambda e: e.attrs["CreatedAt"]):
-            index = by_name.get(entry.attrs["Description"]["Hostname"])
+            # A node that has just joined may be listed before its description (hostname) is filled in.
+            index = by_name.get((entry.attrs.get("Description") or {}).get("Hostname"))
             if index is not None:
                 spec = entry.attrs["Spec"]
                 out[index] = {"id": entry.id, "state": entry.attrs["Status"]["State"],
