@@ -496,29 +496,27 @@ class DockerProvider:
     def _delete_network(self, network_id: str, timeout: float = 30) -> None:
         """resourceDockerNetworkRemoveRefreshFunc: remove, again every 5 s while the network "has active
         endpoints" (the tasks of a just-removed service still leaving an overlay network), up to 30 s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.client.api.remove_network(network_id)
-                return
-            except docker.errors.NotFound:
-                return
-            except docker.errors.APIError as exc:
-                if "has active endpoints" not in str(exc) or time.monotonic() > deadline:
-                    raise ProviderError(f"Unable to remove network {network_id}: {exc.explanation or exc}") from None
-                time.sleep(5)
+        _remove_while_busy(lambda: self.client.api.remove_network(network_id), "has active endpoints",
+                           f"network {network_id}", interval=5, timeout=timeout)
 
     def _delete_volume(self, name: str) -> None:
         """resourceDockerVolumeDelete: remove, retrying while the volume is in use (the provider
         waits up to 30 s for its users to go)."""
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.client.volumes.get(name).remove()
-                return
-            except docker.errors.NotFound:
-                return
-            except docker.errors.APIError as exc:
-                if "in use" not in str(exc) or time.monotonic() > deadline:
-                    raise ProviderError(f"Unable to remove volume {name}: {exc.explanation or exc}") from None
-                time.sleep(1)
+        _remove_while_busy(lambda: self.client.volumes.get(name).remove(), "in use", f"volume {name}",
+                           interval=1, timeout=30)
+
+
+def _remove_while_busy(remove, busy: str, what: str, *, interval: float, timeout: float) -> None:
+    """``remove()``; gone already counts as removed. An error saying ``busy`` is retried every
+    ``interval`` seconds for ``timeout`` seconds; any other error, or the last, is a ProviderError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            remove()
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if busy not in str(exc) or time.monotonic() > deadline:
+                raise ProviderError(f"Unable to remove {what}: {exc.explanation or exc}") from None
+            time.sleep(interval)
