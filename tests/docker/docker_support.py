@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import tarfile
 import threading
 import time
@@ -107,6 +108,19 @@ def settled_rows(stack: "StackClient") -> int:
         return done and (n,)
     time.sleep(1)
     return wait_until(steady, 60, "the prediction rows to stop growing", interval=1.5)[0]
+
+
+def exec_lines(container, argv: list[str], user: str = "") -> list[str]:
+    """The non-empty lines ``argv`` prints in ``container`` (run by sh). A last line marks the end of
+    the output: on a loaded machine the engine (20.10) now and then hands back an exec's output empty
+    though the command ran, which must not read as "printed nothing"; then it runs again."""
+    end = "-- end of output --"
+    for _ in range(3):
+        out = container.exec_run(["sh", "-c", f"{shlex.join(argv)}; echo '{end}'"], user=user).output.decode()
+        lines = [line for line in out.splitlines() if line]
+        if lines and lines[-1] == end:
+            return lines[:-1]
+    raise AssertionError(f"{container.name}: {argv}: the output came back without its end three times: {out!r}")
 
 
 def missing_rows(stack: "StackClient", load: Load) -> list[str]:

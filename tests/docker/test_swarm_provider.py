@@ -1,5 +1,5 @@
 """The stack emulator's Swarm resources on a real one-node Swarm (a throwaway dockerd in a container,
-tests/docker/swarm_node.py — never the host's engine): docker.Service, docker.Secret,
+stack_emulator/swarm_nodes.py with one node — never the host's engine): docker.Service, docker.Secret,
 docker.ServiceConfig and an overlay network, planned and applied as `make stack-up` does
 (plan.py, apply.py, docker_provider.py -> swarm_provider.py), checked as a user would: the service
 answers, its secret is a 0400 file and not in its environment, a changed config rolls the service,
@@ -14,13 +14,16 @@ import base64
 import hashlib
 import os
 import secrets
+import shutil
+import tempfile
 import time
+from dataclasses import dataclass
 
 import docker.errors
 import pytest
 import requests
 
-from swarm_node import SwarmNode
+from docker_support import exec_lines
 
 from stack_emulator.apply import ApplyFailed, apply
 from stack_emulator.docker_provider import DockerProvider
@@ -28,6 +31,7 @@ from stack_emulator.engine import EngineMissing, engine_client
 from stack_emulator.images import ImageError, Images
 from stack_emulator.plan import destroy_plan, make_plan
 from stack_emulator.program import NETWORK, SECRET, SERVICE, SERVICE_CONFIG, Graph
+from stack_emulator import swarm_nodes
 from stack_emulator.state import StackState
 from stack_emulator.values import id_marker, resolve_ids
 
@@ -48,11 +52,22 @@ def registration(typ: str, name: str, inputs: dict, deps: dict | None = None) ->
                                                                           for k, v in (deps or {}).items()}}}
 
 
+@dataclass
+class OneNodeSwarm:
+    """The fixture's Swarm: ``client`` is its manager's engine."""
+    nodes: swarm_nodes.Swarm
+    client: docker.DockerClient
+
+    def url(self, port: int) -> str:
+        """Where the host reaches ``port`` published (host mode) on the node."""
+        return self.nodes.url(1, port)
+
+
 @pytest.fixture(scope="module")
 def swarm():
-    """A one-node Swarm with the test image loaded; removed with everything on it afterwards. Needs
-    an engine and the test image only (not the stacks' images); without them one skip line, a
-    failure under CI."""
+    """A one-node Swarm (stack_emulator/swarm_nodes.py, as `make stack-up STACK=swarm` makes three)
+    with the test image loaded; removed with everything on it afterwards. Needs an engine and the
+    test image only (not the stacks' images); without them one skip line, a failure under CI."""
     started = time.monotonic()
     try:
         host = engine_client()
@@ -61,16 +76,22 @@ def swarm():
         if os.environ.get("CI") == "true":
             pytest.fail(f"the Swarm provider tests are mandatory under CI: {exc}")
         pytest.skip(f"Swarm provider tests skipped: {exc}")
-    with SwarmNode(host, f"t{secrets.token_hex(2)}-swarm-node", ports=PORTS) as node:
-        node.load(IMAGE)
+    prefix, run_dir = f"t{secrets.token_hex(2)}-one", tempfile.mkdtemp(prefix="swarm-one-")
+    try:
+        nodes = swarm_nodes.up(prefix, nodes=1, images=[IMAGE], ports=PORTS, run_dir=run_dir)
+        client = nodes.client(timeout=180)
         print(f"\n[swarm] one-node Swarm up, {IMAGE} loaded, in {time.monotonic() - started:.1f}s")
-        yield node
+        yield OneNodeSwarm(nodes, client)
+        client.close()
+    finally:
+        swarm_nodes.down(prefix, run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 class Stack:
     """A state and a provider on the node: ``up(graph)`` plans and applies like `make stack-up`."""
 
-    def __init__(self, node: SwarmNode, tmp_path):
+    def __init__(self, node: OneNodeSwarm, tmp_path):
         self.node = node
         self.state = StackState("swarm", tmp_path / "state.json")
         self.provider = DockerProvider(node.client, images=None)
@@ -167,7 +188,7 @@ def resources(port: int, page: str, key: str, **web) -> list[dict]:
                          deps=deps)]
 
 
-def get_inside(node: SwarmNode, port: int, expect: str, timeout: float = 30) -> str:
+def get_inside(node: OneNodeSwarm, port: int, expect: str, timeout: float = 30) -> str:
     """GET http://web:<port>/ from a container on the service's attachable overlay network (the
     service's network alias, resolved by Swarm's DNS to its tasks: endpoint mode dnsrr), until it
     answers ``expect`` (a task just replaced may still be in DNS for a moment); the last answer."""
@@ -184,19 +205,19 @@ def get_inside(node: SwarmNode, port: int, expect: str, timeout: float = 30) -> 
         time.sleep(1)
 
 
-def get(node: SwarmNode, port: int) -> str:
+def get(node: OneNodeSwarm, port: int) -> str:
     """GET / through the port the service publishes on the node (host mode), mapped to the host."""
     deadline = time.monotonic() + 30
     while True:
         try:
-            return requests.get(f"http://127.0.0.1:{node.host_port(port)}/", timeout=5).text
+            return requests.get(f"{node.url(port)}/", timeout=5).text
         except requests.RequestException:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
 
 
-def task_container(node: SwarmNode, service: str):
+def task_container(node: OneNodeSwarm, service: str):
     [container] = node.client.containers.list(filters={"label": f"com.docker.swarm.service.name={service}"})
     return container
 
@@ -227,8 +248,7 @@ def test_a_service_with_its_secret_config_and_overlay_network_is_created_updated
 
     # The secret is a file only root can read, and in no task's environment.
     task = task_container(swarm, f"web-{port}")
-    mode, content = task.exec_run(["sh", "-c", "stat -c %a /run/secrets/api_key; cat /run/secrets/api_key"]) \
-        .output.decode().split()
+    mode, content = exec_lines(task, ["sh", "-c", "stat -c %a /run/secrets/api_key; cat /run/secrets/api_key; echo"])
     assert (mode, content) == ("400", "key-1")
     assert not [e for e in task.attrs["Config"]["Env"] if "key-1" in e]
 
