@@ -29,6 +29,7 @@ from docker.types import Healthcheck, Mount
 
 from . import swarm_provider
 from .outputs import NOT_AVAILABLE, NOT_RUN
+from .ports import free_port
 from .program import CONTAINER, IMAGE, NETWORK, REMOTE_IMAGE, VOLUME, Resource
 from .swarm_provider import SWARM_TYPES, ServiceCreateFailed, ServiceUpdateFailed, SwarmError, SwarmProvider
 from .values import reveal
@@ -69,12 +70,6 @@ def duration_ns(text: str) -> int:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ProviderError(f"cannot read duration {text!r}")
     return int(sum(float(n) * units[u] for n, u in parts))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_taken(ip: str, port: int) -> bool:

@@ -29,7 +29,7 @@ from .outputs import NOT_AVAILABLE, NOT_RUN
 from .engine import EngineMissing, engine_client
 from .images import ImageError, Images
 from .plan import Plan, PlanError, destroy_plan, make_plan
-from .docker_provider import free_port
+from .ports import free_port
 from .program import (CONTAINER, IMAGE, REMOTE_IMAGE, SERVICE, VOLUME, Graph, ImagesFailed, ProgramFailed,
                       program_error, run_program, stacks)
 from .state import StackState, StateLocked, stack_dir

@@ -46,7 +46,7 @@ from typing import Callable, Iterable, Mapping
 import docker
 import docker.errors
 
-from .docker_provider import free_port
+from .ports import free_port
 from .engine import engine_client
 from .images import BASE_TAG, LOCAL_BUILD, RECIPE, Images, Recipe
 

@@ -110,13 +110,14 @@ def settled_rows(stack: "StackClient") -> int:
     return wait_until(steady, 60, "the prediction rows to stop growing", interval=1.5)[0]
 
 
-def exec_lines(container, argv: list[str], user: str = "") -> list[str]:
+def exec_lines(container, argv: list[str], user: str = "", environment: dict | None = None) -> list[str]:
     """The non-empty lines ``argv`` prints in ``container`` (run by sh). A last line marks the end of
     the output: on a loaded machine the engine (20.10) now and then hands back an exec's output empty
     though the command ran, which must not read as "printed nothing"; then it runs again."""
     end = "-- end of output --"
     for _ in range(3):
-        out = container.exec_run(["sh", "-c", f"{shlex.join(argv)}; echo '{end}'"], user=user).output.decode()
+        out = container.exec_run(["sh", "-c", f"{shlex.join(argv)}; echo '{end}'"], user=user,
+                                 environment=environment).output.decode()
         lines = [line for line in out.splitlines() if line]
         if lines and lines[-1] == end:
             return lines[:-1]

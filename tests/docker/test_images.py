@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from docker_support import exec_lines
+
 from stack_emulator.images import LOCAL_BUILD, RECIPES
 
 PINNED = {f"{repository}:{tag}" for repository, recipe in RECIPES.items() for tag in recipe.tags}
@@ -72,10 +74,8 @@ def test_timescaledb_image_honours_the_postgres_entrypoint_contract(docker_engin
 
         def sql(query: str) -> str:
             # Over TCP with the password: what the service and the ops roles do.
-            r = c.exec_run(["psql", "-XAtq", "-h", "127.0.0.1", "-U", "owner", "-d", "appdb", "-c", query],
-                           environment={"PGPASSWORD": "s3cret-pw"})
-            assert r.exit_code == 0, r.output.decode()
-            return r.output.decode().strip()
+            return "\n".join(exec_lines(c, ["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "owner",
+                                            "-d", "appdb", "-c", query], environment={"PGPASSWORD": "s3cret-pw"}))
 
         for _ in range(60):
             if c.exec_run(["pg_isready", "-h", "127.0.0.1", "-U", "owner", "-d", "appdb"]).exit_code == 0:
@@ -89,10 +89,10 @@ def test_timescaledb_image_honours_the_postgres_entrypoint_contract(docker_engin
         wrong = c.exec_run(["psql", "-h", "127.0.0.1", "-U", "owner", "-d", "appdb", "-c", "SELECT 1"],
                            environment={"PGPASSWORD": "wrong"})
         assert wrong.exit_code != 0 and "password authentication failed" in wrong.output.decode()
-        pid1 = c.exec_run(["sh", "-c", "stat -c %U /proc/1; cat /proc/1/comm"]).output.decode().split()
+        pid1 = exec_lines(c, ["sh", "-c", "stat -c %U /proc/1; cat /proc/1/comm"])
         assert pid1 == ["postgres", "postgres"]  # PID 1 is the server, as the postgres user
-        mode = c.exec_run(["stat", "-c", "%a %U", "/var/lib/postgresql/data"]).output.decode().split()
-        assert mode == ["700", "postgres"]
+        mode = exec_lines(c, ["stat", "-c", "%a %U", "/var/lib/postgresql/data"])
+        assert mode == ["700 postgres"]
     finally:
         c.remove(force=True, v=True)
 
