@@ -10,6 +10,7 @@ import json
 import tarfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import docker
@@ -30,6 +31,9 @@ class Load:
     client: "StackClient"
     workers: int = 4
     results: list = field(default_factory=list)
+    # The X-Request-ID of every answered request (each is sent with a fresh one, which the service
+    # logs as the row's request_id): what missing_rows() looks for in the table.
+    answered_ids: list = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list = field(default_factory=list)
 
@@ -48,10 +52,16 @@ class Load:
             # Mostly distinct instances, so most requests are cache misses that reach the model and log a row.
             body = {**IRIS, "sepal_length": round(4.0 + (worker * 100_003 + i) % 4000 / 1000, 3)}
             try:
-                r = session.post(f"{self.client.url}/api/v1/models/iris/predict", json=body, timeout=15)
-                self.results.append(r.status_code)
+                rid = str(uuid.uuid4())
+                r = session.post(f"{self.client.url}/api/v1/models/iris/predict", json=body, timeout=15,
+                                 headers={"X-Request-ID": rid})
+                if r.status_code == 200:
+                    self.answered_ids.append(rid)
+                # A failure keeps what it said (status, body and when), so a test's message shows it.
+                self.results.append(200 if r.status_code == 200 else
+                                    f"{time.strftime('%H:%M:%S')} {r.status_code} {r.text[:160]}")
             except Exception as exc:  # noqa: BLE001 — a transport error is a failed request too
-                self.results.append(repr(exc))
+                self.results.append(f"{time.strftime('%H:%M:%S')} {exc!r}")
 
     def __exit__(self, *exc):
         self._stop.set()
@@ -97,6 +107,16 @@ def settled_rows(stack: "StackClient") -> int:
         return done and (n,)
     time.sleep(1)
     return wait_until(steady, 60, "the prediction rows to stop growing", interval=1.5)[0]
+
+
+def missing_rows(stack: "StackClient", load: Load) -> list[str]:
+    """The request ids of ``load``'s answered requests that have no row in the table (once the writers
+    have flushed): rows lost for answers a client got. By id, so a request that a replica logged and
+    the gateway then retried elsewhere (two rows) cannot hide one lost elsewhere."""
+    settled_rows(stack)
+    stored = {line[0] for line in stack.sql("SELECT DISTINCT request_id FROM predictions "
+                                            "WHERE time > now() - interval '2 hours'")}
+    return [rid for rid in load.answered_ids if rid not in stored]
 
 
 class StackClient:

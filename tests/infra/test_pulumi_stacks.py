@@ -337,10 +337,11 @@ def test_nginx_tls_redirect_and_locations(stack):
     assert "location /api/ {\n            proxy_pass http://prediction_backend;" in conf
     assert re.search(r"location \^~ /metrics \{\s*return 404", conf)
     # /metrics is proxied nowhere: the only proxy_pass locations are /api/, /health, /ready, the
-    # Open Inference Protocol's /v2, and the second pass that only a proxied request's 502 reaches.
+    # Open Inference Protocol's /v2, and the further passes that only a proxied request's 502 reaches.
     proxied = re.findall(r"location ([^{]+?) \{\s*proxy_pass", conf)
-    assert proxied == ["/api/", "= /health", "= /ready", "= /v2", "/v2/", "@upstream_retry"]
+    assert proxied == ["/api/", "= /health", "= /ready", "= /v2", "/v2/", "@upstream_retry", "@upstream_retry_last"]
     assert re.findall(r"error_page ([^;]*)@upstream_retry;", conf) == ["502 = "]
+    assert re.findall(r"error_page ([^;]*)@upstream_retry_last;", conf) == ["502 = "]
     assert "proxy_http_version 1.1;" in conf and 'proxy_set_header Connection "";' in conf
     assert re.search(r"proxy_next_upstream error timeout non_idempotent;", conf)
     gw = graph.container("gateway-container")
