@@ -148,6 +148,7 @@ def run_service_mode(args, log) -> tuple[dict, str]:
         # Issue 19: the deployed configuration with adaptive batching off in every model's metadata.
         unbatched = env.start_service("service-batching-off", PREDICTION_DB_LOGGING="true",
                                       PREDICTION_MODEL_PATH=str(env.unbatched_models()))
+        acked = env.start_service("service-ack", PREDICTION_DB_LOGGING="true", PREDICTION_DB_ACK_AFTER_WRITE="true")
         models = describe_models(logging_on.url, env.api_key)
         info = version_info(models, args.model, args.version)
         features, shared = [f["name"] for f in info["features"]], _shared_version(args, info)
@@ -158,6 +159,7 @@ def run_service_mode(args, log) -> tuple[dict, str]:
             f"{info.get('max_batch_size')}) takes {features}; sample answer: {json.dumps(answer)[:160]}")
         _check(v2_url(logging_on.url, args.model, args.version), env.api_key, v2_body(features), "service (V2)")
         _check(predict_url(unbatched.url, args.model, args.version), env.api_key, body, "service, batching off")
+        _check(predict_url(acked.url, args.model, args.version), env.api_key, body, "service, acknowledged writes")
         if shared:
             _check(predict_url(logging_on.url, args.model, shared), env.api_key, body, "service (shared tier)")
             log(f"==> (c-shared): {args.model} v{shared}, cache tier shared")
@@ -165,7 +167,8 @@ def run_service_mode(args, log) -> tuple[dict, str]:
         on = combine(metrics_probe(logging_on.url, args.model), cpu_probe(logging_on.proc.pid))
         probes = {"a": cpu_probe(baseline.proc.pid), "b": on, "b-v2": on, "c": on, "c-shared": on, "c-v2": on,
                   "d": combine(metrics_probe(logging_off.url, args.model), cpu_probe(logging_off.proc.pid)),
-                  "c-off": combine(metrics_probe(unbatched.url, args.model), cpu_probe(unbatched.proc.pid))}
+                  "c-off": combine(metrics_probe(unbatched.url, args.model), cpu_probe(unbatched.proc.pid)),
+                  "c-ack": combine(metrics_probe(acked.url, args.model), cpu_probe(acked.proc.pid))}
         if heavy:
             probes["h"] = combine(metrics_probe(logging_on.url, heavy), cpu_probe(logging_on.proc.pid))
             probes["h-off"] = combine(metrics_probe(unbatched.url, heavy), cpu_probe(unbatched.proc.pid))
@@ -173,7 +176,7 @@ def run_service_mode(args, log) -> tuple[dict, str]:
             baseline_url=baseline.url, logging_url=logging_on.url, nolog_url=logging_off.url, api_key=env.api_key,
             model=args.model, version=args.version, features=features, feature_range=args.feature_range,
             connections=args.connections, threads=args.threads, tier=str(info.get("cache_tier")),
-            shared_version=shared, unbatched_url=unbatched.url, heavy_model=heavy, probes=probes)
+            shared_version=shared, unbatched_url=unbatched.url, heavy_model=heavy, ack_url=acked.url, probes=probes)
         _announce(plan, args, log, service_cpus, wrk_cpus)
         runs = interleave(plan.targets, plan.pairs, args.pairs, args.duration, args.warmup, cpus=wrk_cpus, log=log)
         rows = env.db_rows()

@@ -8,7 +8,8 @@ Two modes share the runner and the report:
   (d) as (c) with DB logging off, and (c-shared) as (c) on a version whose cache tier is
   "shared" (iris v2), so the cost of the Redis tier (MGET on a miss, background SET) shows;
   (b-v2) the instance of (b) through the Open Inference Protocol (/v2 infer), paired with (b);
-  (c-v2) the cache miss of (c) through /v2 infer, paired with (c) (issue 19 item 4).
+  (c-v2) the cache miss of (c) through /v2 infer, paired with (c) (issue 19 item 4);
+  (c-ack) as (c) on a service that answers once each row is committed, paired with (c).
 - ``service`` adaptive batching (issue 19): the same scenarios on a service whose model metadata
   all say batching off — (c-off) against (c); and a heavy model (h) at 32 connections and at 1
   connection against (h-off), the same on the batching-off service.
@@ -147,6 +148,9 @@ SERVICE_SCENARIOS = {
              "The miss of (c) as an Open Inference Protocol request (a new random instance as one [1, n] FP32 "
              "JSON tensor) to /v2/models/<model>/infer on the same service: (c-v2)/(c) is the protocol's cost "
              "on the miss path (issue 19)."),
+    "c-ack": ("(c-ack) as (c), answers wait for their row's commit",
+              "Like (c) on a service started with PREDICTION_DB_ACK_AFTER_WRITE=true: each answer waits until "
+              "its prediction row is committed (group commit). (c-ack)/(c) is what that durability costs."),
     "c-off": ("(c-off) as (c), adaptive batching off",
               "Like (c) on a service whose model metadata all say max_batch_size 1: every miss runs its own "
               "inference call, as before issue 19. (c)/(c-off) is what batching does to the reference model."),
@@ -168,11 +172,13 @@ def service_plan(*, baseline_url: str, logging_url: str, nolog_url: str, api_key
                  connections: list[int], threads: int,
                  probes: dict[str, Callable[[], dict[str, float]]] | None = None,
                  tier: str = "?", shared_version: str | None = None,
-                 unbatched_url: str | None = None, heavy_model: str | None = None) -> Plan:
+                 unbatched_url: str | None = None, heavy_model: str | None = None,
+                 ack_url: str | None = None) -> Plan:
     """Scenarios (a)–(d) and (c-v2), plus (c-shared) when ``shared_version`` is given, at each
     connection count; goals at every count measured. ``tier``: the cache tier of the benchmarked
     version. With ``unbatched_url`` (the same service with batching off): (c-off), and with
-    ``heavy_model`` the adaptive-batching scenarios (h)/(h-off) at HEAVY_CONNECTIONS."""
+    ``heavy_model`` the adaptive-batching scenarios (h)/(h-off) at HEAVY_CONNECTIONS. With ``ack_url``
+    (the service answering after its rows' commit): (c-ack), paired with (c)."""
     probes = probes or {}
     fixed = ["fixed", [api_key, instance_body(features)]]
     fixed_v2 = ["fixed", [api_key, v2_body(features)]]
@@ -184,9 +190,10 @@ def service_plan(*, baseline_url: str, logging_url: str, nolog_url: str, api_key
              "b-v2": (logging_url, fixed_v2, version),
              "c": (logging_url, rand, version), "d": (nolog_url, rand, version),
              "c-shared": (logging_url, rand, shared_version), "c-v2": (logging_url, rand_v2, version),
-             "c-off": (unbatched_url, rand, version)}
+             "c-off": (unbatched_url, rand, version), "c-ack": (ack_url, rand, version)}
     scenarios = {s: v for s, v in SERVICE_SCENARIOS.items()
-                 if (s != "c-shared" or shared_version) and (s != "c-off" or unbatched_url)}
+                 if (s != "c-shared" or shared_version) and (s != "c-off" or unbatched_url)
+                 and (s != "c-ack" or ack_url)}
     fill = {"tier": tier, "shared": f"{model} v{shared_version}"}
     targets: dict[str, Target] = {}
     pairs: list[Pair] = []
@@ -204,10 +211,13 @@ def service_plan(*, baseline_url: str, logging_url: str, nolog_url: str, api_key
                                    connections=conns, threads=threads, description=desc.format(**fill),
                                    probe=probes.get(s))
         for s in scenarios:
-            if s not in ("a", "b-v2", "c-v2", "c-off"):
+            if s not in ("a", "b-v2", "c-v2", "c-off", "c-ack"):
                 pairs.append(Pair(k[s], k["a"]))
         pairs.append(Pair(k["b-v2"], k["b"]))  # V2 against /api/v1 itself, the run right before it
         pairs.append(Pair(k["c-v2"], k["c"]))  # ... and on the miss path
+        if "c-ack" in k:
+            pairs.append(Pair(k["c-ack"], k["c"]))  # acknowledged writes against the run right before
+            labels[f"{k['c-ack']}/{k['c']}"] = "(c-ack)/(c) cost of answering after the row's commit"
         if "c-off" in k:
             pairs.append(Pair(k["c"], k["c-off"]))  # batching on (as deployed) against off
             labels[f"{k['c']}/{k['c-off']}"] = "(c)/(c-off) reference model, batching on vs off"

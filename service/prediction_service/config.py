@@ -56,6 +56,10 @@ class Settings:
     db_logging: bool = True
     db_queue_max: int = 100000
     db_flush_interval_seconds: float = 0.5
+    # Answer a prediction only once its log row is committed (waiting at most db_ack_timeout_seconds;
+    # never while the database is known to be down): a killed process then loses no answered row.
+    db_ack_after_write: bool = False
+    db_ack_timeout_seconds: float = 1.0
     retention_days: int = 30
     # Adaptive batching (batching.py): the defaults of a model version's max_batch_size and
     # max_batch_delay_us where its metadata.json sets none. 1 = batching off.
@@ -188,6 +192,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "db_logging": _bool,
     "db_queue_max": _int_between(1),
     "db_flush_interval_seconds": _positive_float,
+    "db_ack_after_write": _bool,
+    "db_ack_timeout_seconds": _positive_float,
     "retention_days": _int_between(1),
     "default_max_batch_size": _int_between(1, MAX_BATCH_SIZE_LIMIT),
     "default_max_batch_delay_us": _int_between(0, MAX_BATCH_DELAY_US_LIMIT),

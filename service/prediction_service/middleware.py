@@ -97,8 +97,13 @@ async def service_middleware(request: web.Request, handler) -> web.StreamRespons
                     deadlines = state.deadlines
                     cancelling = task.cancelling()
                     deadlines.add(task)
+                    writer = state.writer if settings.db_ack_after_write else None
+                    logged = writer.submitted if writer is not None else 0
                     try:
                         response = await handler(request)
+                        if writer is not None and writer.submitted != logged and response.status == 200:
+                            # PREDICTION_DB_ACK_AFTER_WRITE: the answer waits for its rows' commit.
+                            await writer.committed(settings.db_ack_timeout_seconds)
                     except asyncio.CancelledError:
                         if task not in deadlines.fired:
                             raise  # not our timeout

@@ -434,6 +434,18 @@ async def test_log_rows_name_the_request(start, fresh_db):
     assert [r[5] for r in logged] == [True, False]
 
 
+async def test_an_acknowledged_infer_has_its_row_committed_when_it_returns(start, fresh_db):
+    """PREDICTION_DB_ACK_AFTER_WRITE holds gRPC answers as it holds HTTP ones (flushes are 300 s apart)."""
+    apply_migrations(fresh_db)
+    svc = await start(timescale_url=fresh_db, db_logging="true", db_flush_interval_seconds=300,
+                      db_ack_after_write="true")
+    rid = str(uuid.uuid4())
+    await svc.triton.infer("iris", inputs(np.asarray([ROW], np.float32)), headers={**KEY, "x-request-id": rid})
+    with psycopg2.connect(fresh_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM predictions WHERE request_id = %s", (rid,))
+        assert cur.fetchone()[0] == 1
+
+
 # --- the process ----------------------------------------------------------------------------------------
 
 def test_process_serves_grpc_and_stops_on_sigterm(demo_models, redis_server, postgres):

@@ -157,3 +157,69 @@ def test_sigterm_during_an_upload_answers_503_shutting_down(demo_models, redis_s
         assert svc.proc.wait(timeout=30) == 0
     finally:
         svc.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ack", ["true", "false"])
+def test_sigkill_keeps_every_answered_row_only_when_answers_wait_for_the_commit(demo_models, redis_server,
+                                                                               fresh_db, ack):
+    """PREDICTION_DB_ACK_AFTER_WRITE: a process killed outright (OOM killer, a lost node) has written
+    the row of every prediction it answered. Without it the rows wait for the next flush (here
+    300 s) and the kill takes them: the reason the setting exists."""
+    apply_migrations(fresh_db)
+    svc = ServiceProcess(service_env(demo_models, redis_server.url, fresh_db, db_logging="true",
+                                     db_flush_interval_seconds=300, db_ack_after_write=ack))
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def load(worker: int):
+        session, i = requests.Session(), 0
+        while not stop.is_set():
+            i += 1
+            try:
+                r = session.post(f"{svc.url}{URL}", json=dict(IRIS, sepal_width=worker + i / 10000),
+                                 headers=AUTH, timeout=30)
+            except requests.ConnectionError:
+                return  # the process is gone
+            if r.status_code == 200:
+                answered.append(r.json()["request_id"])
+    try:
+        threads = [threading.Thread(target=load, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        assert wait_until(lambda: len(answered) >= 300, timeout=60)
+        svc.proc.send_signal(signal.SIGKILL)
+        svc.proc.wait(timeout=30)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        stored = count_rows(fresh_db, "request_id = ANY(%s)", (answered,))
+        print(f"\n[writer] SIGKILL with PREDICTION_DB_ACK_AFTER_WRITE={ack}: {len(answered)} answered, "
+              f"{stored} of their rows in the table")
+        if ack == "true":
+            assert stored == len(answered)
+        else:
+            assert stored < len(answered)
+    finally:
+        stop.set()
+        svc.stop()
+
+
+async def test_ack_after_write_does_not_hold_answers_while_the_database_is_down(aiohttp_client, make_settings,
+                                                                               postgres_factory):
+    """An outage degrades acknowledged writes to buffered ones: the answers go out (none waits for
+    the 30 s ack timeout, which the 5 s request deadline would turn into 503s), the rows arrive later."""
+    pg = postgres_factory()
+    dsn = pg.create_database("ack_outage")
+    apply_migrations(dsn)
+    client = await aiohttp_client(create_app(make_settings(
+        timescale_url=dsn, db_logging="true", db_flush_interval_seconds=300, db_ack_after_write="true",
+        db_ack_timeout_seconds=30, request_timeout_seconds=5)))
+    resp = await client.post(URL, json=IRIS, headers=AUTH)
+    assert resp.status == 200 and count_rows(dsn) == 1  # acknowledged: in the table already
+    pg.stop()
+    statuses = [(await client.post(URL, json=dict(IRIS, sepal_length=4.0 + i / 100), headers=AUTH)).status
+                for i in range(50)]
+    assert statuses == [200] * 50
+    pg.start()
+    assert await eventually(lambda: count_rows(dsn) == 51, timeout=60), count_rows(dsn)

@@ -266,3 +266,57 @@ async def test_service_metrics_module_is_used_by_default(migrated_db):
     await writer.close()
     assert service_metrics is not None
     assert REGISTRY.get_sample_value("prediction_service_db_rows_written_total") == before + 7
+
+
+async def test_committed_returns_once_the_rows_are_in_the_table_and_waiters_share_a_write(migrated_db):
+    # A flush interval far longer than the test: only the waiters make the writer write.
+    writer = PredictionWriter(migrated_db, instance="ack", flush_interval=3600, metrics=private_metrics())
+    await writer.start()
+
+    async def answer(i: int) -> tuple[bool, int]:
+        writer.submit(row(i))
+        ok = await writer.committed(10)
+        # What a client that got this answer could read back from the database right now.
+        return ok, int(query(migrated_db, "SELECT count(*) FROM predictions WHERE request_id = %s", (f"req-{i}",))[0][0])
+
+    results = await asyncio.gather(*(answer(i) for i in range(200)))
+    assert results == [(True, 1)] * 200
+    assert writer.rows_written == 200
+    assert await writer.committed(1) is True  # nothing pending: at once
+    await writer.close()
+
+
+async def test_committed_answers_false_at_once_in_an_outage_and_the_rows_arrive_later(postgres_factory):
+    pg = postgres_factory()
+    apply_migrations(pg.dsn())
+    writer = PredictionWriter(pg.dsn(), instance="ack", flush_interval=0.05, metrics=private_metrics())
+    await writer.start()
+    writer.submit(row(0))
+    assert await writer.committed(10) is True
+
+    await asyncio.to_thread(pg.stop)
+    writer.submit(row(1))
+    # The first waiter learns of the outage from the failed write (not from its own timeout) ...
+    started = time.monotonic()
+    assert await writer.committed(30) is False
+    assert time.monotonic() - started < 25
+    # ... and once the outage is known, waiters do not wait at all.
+    writer.submit(row(2))
+    started = time.monotonic()
+    assert await writer.committed(30) is False
+    assert time.monotonic() - started < 1
+
+    await asyncio.to_thread(pg.start)
+    await eventually(lambda: writer.rows_written == 3, "the buffered rows written after the restart")
+    assert request_ids(pg.dsn()) == [0, 1, 2]
+    await writer.close()
+
+
+async def test_committed_is_false_when_the_database_refuses_a_row(migrated_db):
+    writer = PredictionWriter(migrated_db, instance="ack", flush_interval=3600, metrics=private_metrics())
+    await writer.start()
+    writer.submit(row(1))
+    writer.submit({**row(2), "input": {"text": "nul\x00byte"}})  # refused by jsonb (\u0000)
+    assert await writer.committed(10) is False
+    assert writer.rows_written == 1 and writer.rows_dropped == 1
+    await writer.close()

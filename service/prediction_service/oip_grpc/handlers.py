@@ -74,6 +74,8 @@ async def model_infer(state: ServiceState, request, call):
     if state.writer is not None:  # the same rows as /api/v1 and /v2: each instance as a feature object
         names = model.feature_index
         log_predictions(state.writer, model, rid, [dict(zip(names, row)) for row in rows], results, missing, start)
+        if state.settings.db_ack_after_write:  # as the HTTP middleware does
+            await state.writer.committed(state.settings.db_ack_timeout_seconds)
     return response
 
 

@@ -6,13 +6,20 @@ into ``prediction_metrics``) over an aiopg pool. The same task runs the partitio
 the native-partitioning path (TimescaleDB ignores it).
 
 Outages: a failed write keeps its batch and is retried with exponential backoff (0.1 s doubling to
-5 s); rows are only dropped when ``queue_max`` rows are buffered. Drop policy: **drop oldest** — the
+5 s); once a retry succeeds the backlog is written at once, not at the next flush. Rows are only
+dropped when ``queue_max`` rows are buffered. Drop policy: **drop oldest** — the
 oldest row still waiting in the queue makes room for the new one, so after a long outage the
 database receives the most recent ``queue_max`` rows, which is what dashboards and debugging need
 most. The batch being written at that moment is never dropped. Every drop is counted
 (``rows_dropped`` and the ``prediction_service_db_rows_dropped_total`` counter), including rows
 the database refuses (e.g. a string it cannot store) and rows still queued when ``close()``
 runs out of time.
+
+Acknowledged writes: ``await committed(timeout)`` returns once every row submitted so far is
+committed (a group commit: waiters wake the writer, and the rows that arrive during one write go
+in the next). The service awaits it before answering when ``PREDICTION_DB_ACK_AFTER_WRITE`` is on,
+so an answered prediction's row survives the process being killed. While the database is known to
+be unreachable it returns False at once: the rows stay buffered and the service keeps answering.
 """
 from __future__ import annotations
 
@@ -112,6 +119,12 @@ class PredictionWriter:
 
         self._queue: collections.deque[dict | Record] = collections.deque()
         self._inflight: list[Record] = []  # the batch being written; kept until it commits
+        # committed() waiters: one future for the rows queued since the last batch that emptied the
+        # queue, and the one that batch carries (rows are written in order, so its commit means
+        # every row before it is written too). Made only when someone waits.
+        self._queued_done: asyncio.Future | None = None
+        self._inflight_done: asyncio.Future | None = None
+        self.submitted = 0  # rows accepted by submit(), ever: a request can tell whether it logged any
         self._pool: aiopg.Pool | None = None
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
@@ -138,6 +151,7 @@ class PredictionWriter:
                     self._drop(1)
                     return
             self._queue.append(row)
+            self.submitted += 1
             if self._wake is not None and len(self._queue) >= self.batch_max:
                 self._wake.set()
         except Exception:  # noqa: BLE001 — the request must not fail because of its log row
@@ -147,6 +161,32 @@ class PredictionWriter:
     def queue_depth(self) -> int:
         """Rows buffered in memory, including the batch being written."""
         return len(self._queue) + len(self._inflight)
+
+    async def committed(self, timeout: float) -> bool:
+        """Wait until every row submitted so far is written (True). False, and the rows stay buffered:
+        the database is known to be unreachable (at once), a write fails meanwhile, ``timeout``
+        seconds pass, or the batch had rows the database refused (those are dropped and counted)."""
+        if self._wake is None or self._closed or self._db_ok is False:
+            return False
+        if self._queue:
+            if self._queued_done is None:
+                self._queued_done = asyncio.get_running_loop().create_future()
+            done = self._queued_done
+        elif self._inflight:  # the queue is empty, so this batch holds the last rows submitted
+            if self._inflight_done is None:
+                self._inflight_done = asyncio.get_running_loop().create_future()
+            done = self._inflight_done
+        else:
+            return True
+        self._wake.set()  # a waiter does not wait for the flush interval
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), timeout)
+        except asyncio.TimeoutError:
+            return False
+
+    def _settle(self, done: asyncio.Future | None, committed: bool) -> None:
+        if done is not None and not done.done():
+            done.set_result(committed)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -182,6 +222,9 @@ class PredictionWriter:
             self._inflight = []
             self._drop(lost)
         self._closed = True
+        self._settle(self._inflight_done, False)
+        self._settle(self._queued_done, False)
+        self._inflight_done = self._queued_done = None
         self._m_queue.set(0)
         if self._pool is not None:
             self._pool.terminate()
@@ -217,6 +260,7 @@ class PredictionWriter:
                 if not self._closing:
                     await self._sleep(self.flush_interval)
                 self._wake.clear()
+                draining = False
                 # Each flush writes what is queued, then goes on only while full batches are
                 # waiting (or a batch must be retried, or close() wants everything out).
                 while self._inflight or self._queue:
@@ -228,8 +272,10 @@ class PredictionWriter:
                         if not self._inflight:
                             continue
                     if await self._write_inflight():
+                        # The first write after an outage goes on through the backlog at once.
+                        draining = draining or backoff > self.backoff_min
                         backoff = self.backoff_min
-                        if len(self._queue) < self.batch_max and not self._closing:
+                        if len(self._queue) < self.batch_max and not self._closing and not draining:
                             break
                     else:
                         # A plain sleep: neither new rows nor close() may shorten the backoff.
@@ -267,6 +313,11 @@ class PredictionWriter:
         if bad:
             log.warning("dropped %d malformed prediction rows (last: %r)", bad, last_error)
             self._drop(bad)
+        if not self._queue:  # this batch holds the last rows queued: their waiters wait on it
+            self._inflight_done, self._queued_done = self._queued_done, None
+            if not batch:
+                self._settle(self._inflight_done, False)
+                self._inflight_done = None
         return batch
 
     async def _write_inflight(self) -> bool:
@@ -285,6 +336,8 @@ class PredictionWriter:
             return await self._write_one_by_one()
         self._written(written)
         self._inflight = []
+        self._settle(self._inflight_done, True)
+        self._inflight_done = None
         return True
 
     async def _write_one_by_one(self) -> bool:
@@ -301,6 +354,8 @@ class PredictionWriter:
             else:
                 self._written(written)
             self._inflight.pop(0)
+        self._settle(self._inflight_done, False)  # some of its rows were refused
+        self._inflight_done = None
         return True
 
     async def _discard_idle_connections(self) -> None:
@@ -370,6 +425,10 @@ class PredictionWriter:
             log.warning("database write failed, keeping %d rows and retrying with backoff: %s",
                         self.queue_depth, str(exc).strip() or type(exc).__name__)
         self._contact(False)
+        # Nobody waits out a backoff: the rows stay queued and the answers go out now.
+        for done in (self._inflight_done, self._queued_done):
+            self._settle(done, False)
+        self._inflight_done = self._queued_done = None
 
     def _drop(self, n: int) -> None:
         self.rows_dropped += n
