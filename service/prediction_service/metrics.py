@@ -73,6 +73,12 @@ db_rows_dropped_total = Counter(
     f"{NS}_db_rows_dropped_total", "Prediction rows dropped: write queue full, row not storable, or not written at shutdown.")
 db_write_errors_total = Counter(
     f"{NS}_db_write_errors_total", "Failed database write attempts (each is retried with backoff).")
+db_acks_total = Counter(
+    f"{NS}_db_acks_total", "Answers that waited for their rows' commit (PREDICTION_DB_ACK_AFTER_WRITE), by outcome: "
+    "committed, or not_committed (database down, the wait timed out, or a row refused; the rows stay buffered).",
+    ["outcome"])
+for _outcome in ("committed", "not_committed"):
+    db_acks_total.labels(outcome=_outcome)
 
 models_loaded = Gauge(f"{NS}_models_loaded", "Model versions loaded and being served.")
 model_load_failures_total = Counter(

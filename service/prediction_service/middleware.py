@@ -19,6 +19,7 @@ from aiohttp import web
 
 from . import metrics
 from .errors import V2_PREFIX, V2_ROOT, ApiError, handle_exception
+from .prediction import acknowledge
 from .state import STATE
 from .v2.handlers import PUBLIC_ROUTES as V2_PUBLIC_ROUTES
 
@@ -102,8 +103,7 @@ async def service_middleware(request: web.Request, handler) -> web.StreamRespons
                     try:
                         response = await handler(request)
                         if writer is not None and writer.submitted != logged and response.status == 200:
-                            # PREDICTION_DB_ACK_AFTER_WRITE: the answer waits for its rows' commit.
-                            await writer.committed(settings.db_ack_timeout_seconds)
+                            await acknowledge(state)  # PREDICTION_DB_ACK_AFTER_WRITE
                     except asyncio.CancelledError:
                         if task not in deadlines.fired:
                             raise  # not our timeout

@@ -11,6 +11,7 @@ import uuid
 
 from aiohttp import hdrs, web
 
+from . import metrics
 from .errors import ApiError
 from .models import EXECUTOR_MIN_ROWS, Model, NonFiniteOutput
 from .repeats import Answer, Repeat
@@ -121,6 +122,17 @@ def record_answer(state: ServiceState, api: str, model: Model, body: bytes, head
         state.repeats.remember(api, model, body, header, rows, results, answer, instances, state.writer)
     if state.writer is not None:
         log_predictions(state.writer, model, rid, instances, results, missing, start)
+
+
+async def acknowledge(state: ServiceState) -> None:
+    """PREDICTION_DB_ACK_AFTER_WRITE: wait until the rows logged so far (this answer's among them) are
+    committed, within PREDICTION_DB_ACK_TIMEOUT_SECONDS; counted by outcome either way."""
+    committed = await state.writer.committed(state.settings.db_ack_timeout_seconds)
+    _ACKS[committed].inc()
+
+
+_ACKS = {True: metrics.db_acks_total.labels(outcome="committed"),
+         False: metrics.db_acks_total.labels(outcome="not_committed")}
 
 
 def log_predictions(writer, model: Model, request_id: str, inputs: list, results: list, missing: list[int],

@@ -16,6 +16,7 @@ CONTRACT_NAMES = [
     "prediction_service_cache_errors_total", "prediction_service_inference_duration_seconds",
     "prediction_service_db_write_queue_rows", "prediction_service_db_rows_written_total",
     "prediction_service_db_rows_dropped_total", "prediction_service_db_write_errors_total",
+    "prediction_service_db_acks_total",
     "prediction_service_models_loaded", "prediction_service_model_load_failures_total",
     "prediction_service_build_info", "prediction_service_batch_requests", "prediction_service_batch_rows",
     "prediction_service_batch_queue_wait_seconds",

@@ -9,6 +9,7 @@ import psycopg2
 import pytest
 import requests
 
+from metrics_text import sample
 from service_support import AUTH, IRIS, ServiceProcess, service_env, wait_until
 from prediction_service.app import create_app
 from prediction_service.storage import apply_migrations
@@ -215,11 +216,19 @@ async def test_ack_after_write_does_not_hold_answers_while_the_database_is_down(
     client = await aiohttp_client(create_app(make_settings(
         timescale_url=dsn, db_logging="true", db_flush_interval_seconds=300, db_ack_after_write="true",
         db_ack_timeout_seconds=30, request_timeout_seconds=5)))
+
+    async def acks() -> dict[str, float]:
+        text = await (await client.get("/metrics")).text()
+        return {o: sample(text, "prediction_service_db_acks_total", outcome=o) for o in ("committed", "not_committed")}
+
+    before = await acks()
     resp = await client.post(URL, json=IRIS, headers=AUTH)
     assert resp.status == 200 and count_rows(dsn) == 1  # acknowledged: in the table already
     pg.stop()
     statuses = [(await client.post(URL, json=dict(IRIS, sepal_length=4.0 + i / 100), headers=AUTH)).status
                 for i in range(50)]
     assert statuses == [200] * 50
+    after = await acks()
+    assert {o: after[o] - before[o] for o in after} == {"committed": 1, "not_committed": 50}
     pg.start()
     assert await eventually(lambda: count_rows(dsn) == 51, timeout=60), count_rows(dsn)

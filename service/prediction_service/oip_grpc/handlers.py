@@ -15,7 +15,7 @@ import time
 
 from .. import __version__
 from ..errors import ApiError
-from ..prediction import find_model, log_predictions, predict_rows
+from ..prediction import acknowledge, find_model, log_predictions, predict_rows
 from ..state import ServiceState
 from ..v2.handlers import EXTENSIONS, PLATFORM, SERVER_NAME, model_metadata_body
 from ..v2.tensors import DATATYPES, bad, output_names, raw_output, tensor_rows
@@ -75,7 +75,7 @@ async def model_infer(state: ServiceState, request, call):
         names = model.feature_index
         log_predictions(state.writer, model, rid, [dict(zip(names, row)) for row in rows], results, missing, start)
         if state.settings.db_ack_after_write:  # as the HTTP middleware does
-            await state.writer.committed(state.settings.db_ack_timeout_seconds)
+            await acknowledge(state)
     return response
 
 
