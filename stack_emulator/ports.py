@@ -3,6 +3,7 @@ swarm nodes) and for the tests' own servers: outside the kernel's ephemeral rang
 now is not handed to another process by the kernel before its server binds it."""
 import random
 import socket
+import threading
 from pathlib import Path
 
 
@@ -28,9 +29,16 @@ def port_free(port: int) -> bool:
             return False
 
 
+# Every port handed out by this process: picks are random and a caller binds its port later (a stack
+# picks all its ports, then creates the containers), so "free now" alone would let two picks collide.
+_handed: set[int] = set()
+_lock = threading.Lock()
+
+
 def free_ports(n: int, adjacent: int = 1) -> list[int]:
     """n distinct free loopback ports, each the first of ``adjacent`` free consecutive ports, from
-    outside the kernel's ephemeral range (below it; above it only when there is no room below).
+    outside the kernel's ephemeral range (below it; above it only when there is no room below), and
+    none handed out by this process before.
 
     A port picked with bind(("127.0.0.1", 0)) comes from the ephemeral range, and is free again as soon
     as the picking socket closes: until the test's server binds it, and whenever a test stops and starts
@@ -44,13 +52,15 @@ def free_ports(n: int, adjacent: int = 1) -> list[int]:
         candidates += range(high + 1, 65536 - adjacent + 1)
     if len(candidates) < 1000:
         raise RuntimeError(f"net.ipv4.ip_local_port_range is {low}-{high}: no room outside it for test ports")
-    chosen: list[int] = []
-    for port in random.sample(candidates, len(candidates)):
-        block = range(port, port + adjacent)
-        if all(p not in chosen and port_free(p) for p in block):
-            chosen.extend(block)
-            if len(chosen) == n * adjacent:
-                return chosen[::adjacent]
+    with _lock:
+        chosen: list[int] = []
+        for port in random.sample(candidates, len(candidates)):
+            block = range(port, port + adjacent)
+            if all(p not in chosen and p not in _handed and port_free(p) for p in block):
+                chosen.extend(block)
+                if len(chosen) == n * adjacent:
+                    _handed.update(chosen)
+                    return chosen[::adjacent]
     raise RuntimeError(f"fewer than {n} free ports outside the ephemeral range {low}-{high}")
 
 

@@ -78,13 +78,19 @@ def stacks(docker_engine):
     run_id = secrets.token_hex(2)
     var_dir = Path(tempfile.mkdtemp(prefix="docker-stacks-"))
     running: dict[str, StackClient] = {}
+    # A stack whose up failed: what it said (the next test that needs it fails with that at once, not
+    # after another up) — it is still removed with the others, whatever it had made.
+    failed: dict[str, str] = {}
 
     def get(stack: str) -> StackClient:
+        if stack in failed:
+            pytest.fail(f"stack {stack} did not come up earlier in this session: {failed[stack]}")
         if stack not in running:
             started = time.monotonic()
             try:
                 run = emulator.up(stack, prefix=f"t{run_id}-{stack}", ports="free", var_dir=var_dir, quiet=True)
             except emulator.StackError as exc:
+                failed[stack] = str(exc)
                 pytest.fail(str(exc))
             print(f"\n[docker] stack {stack} ({run.prefix}-*) up and healthy in {time.monotonic() - started:.0f}s "
                   f"(images already built; {len(run.plan.steps)} resources); gateway {run.env['GATEWAY_URL']}")
@@ -94,8 +100,10 @@ def stacks(docker_engine):
         return running[stack]
 
     def stop_all():
-        while running:
-            stack, _ = running.popitem()
+        stacks = list(running) + [s for s in failed if s not in running]
+        running.clear()
+        failed.clear()
+        for stack in stacks:
             try:
                 emulator.down(stack, var_dir=var_dir, unprotect=True, quiet=True)
             except emulator.StackError as exc:
