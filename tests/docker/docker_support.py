@@ -111,15 +111,17 @@ def settled_rows(stack: "StackClient") -> int:
 
 
 def exec_lines(container, argv: list[str], user: str = "", environment: dict | None = None) -> list[str]:
-    """The non-empty lines ``argv`` prints in ``container`` (run by sh). A last line marks the end of
-    the output: on a loaded machine the engine (20.10) now and then hands back an exec's output empty
-    though the command ran, which must not read as "printed nothing"; then it runs again."""
-    end = "-- end of output --"
+    """The non-empty lines ``argv`` prints in ``container`` (run by sh); a non-zero exit fails with its
+    output. A last line marks the end of the output and carries the exit status: on a loaded machine
+    the engine (20.10) now and then hands back an exec's output empty though the command ran, which
+    must not read as "printed nothing"; then it runs again."""
+    end = "-- end of output, exit"
     for _ in range(3):
-        out = container.exec_run(["sh", "-c", f"{shlex.join(argv)}; echo '{end}'"], user=user,
+        out = container.exec_run(["sh", "-c", f"{shlex.join(argv)}; echo \"{end} $?\""], user=user,
                                  environment=environment).output.decode()
         lines = [line for line in out.splitlines() if line]
-        if lines and lines[-1] == end:
+        if lines and lines[-1].startswith(end):
+            assert lines[-1] == f"{end} 0", f"{container.name}: {argv} failed ({lines[-1]}): {lines[:-1]}"
             return lines[:-1]
     raise AssertionError(f"{container.name}: {argv}: the output came back without its end three times: {out!r}")
 
@@ -192,18 +194,11 @@ class StackClient:
         return result.output.decode()
 
     def sql(self, query: str) -> list[list[str]]:
-        """Rows of ``query`` run with psql inside the database container (its local socket). A last line
-        marks the end of the rows: on a loaded machine the engine (20.10) now and then hands back an exec's
-        output empty though the command succeeded, which must not read as "no rows"; then it runs again."""
-        end = "-- end of rows --"
-        for _ in range(3):
-            out = self.exec("database-container", "psql", "-XAtq", "-F", "\t", "-v", "ON_ERROR_STOP=1",
-                            "-U", "prediction_user", "-d", "prediction_db", "-c", query,
-                            "-c", f"SELECT '{end}'", user="postgres")
-            lines = [line for line in out.splitlines() if line]
-            if lines and lines[-1] == end:
-                return [line.split("\t") for line in lines[:-1]]
-        raise AssertionError(f"{query!r}: psql's output came back without its end three times: {out!r}")
+        """Rows of ``query`` run with psql inside the database container (its local socket)."""
+        return [line.split("\t") for line in exec_lines(
+            self.container("database-container"), ["psql", "-XAtq", "-F", "\t", "-v", "ON_ERROR_STOP=1",
+                                                   "-U", "prediction_user", "-d", "prediction_db", "-c", query],
+            user="postgres")]
 
     def scalar(self, query: str) -> str:
         rows = self.sql(query)

@@ -134,7 +134,7 @@ def test_no_secret_in_any_task_environment_only_files_readable_by_the_process(sw
             env = "\n".join(c.attrs["Config"]["Env"])
             assert not any(v in env for v in secret_values), f"{c.name}: a secret in its environment"
             listing = exec_lines(c, ["sh", "-c", "stat -c '%a %u %n' /run/secrets/* /etc/nginx/tls/server.key "
-                                                 "2>/dev/null"])
+                                                 "2>/dev/null; true"])  # not every task has both
             files = [line.split() for line in listing if line.startswith(("400 ", "600 "))]
             assert files, f"{c.name}: no secret file: {listing}"
             checked += len(files)
