@@ -66,9 +66,10 @@ class Database(pulumi.ComponentResource):
             networks=[(networks.data, [])],
             ports=[Port(POSTGRES_PORT, db.hostPort, db.hostBindAddress)] if db.hostPort is not None else [],
             # TCP, not the socket: during initdb the server listens on the socket only, so it turns
-            # healthy once initialisation is over.
+            # healthy once initialisation is over. Every 2 s (pg_isready is cheap), so what waits for it
+            # (the migrate job, the replicas, a restart) goes on soon after; 30 + 25 × 2 = 80 s to fail.
             health=Health(["CMD-SHELL", f"pg_isready -h 127.0.0.1 -p {POSTGRES_PORT} -U {db.user} -d {db.name}"],
-                          interval="5s", timeout="3s", retries=10, start_period="30s"),
+                          interval="2s", timeout="3s", retries=25, start_period="30s"),
             memory_mb=db.memoryMb,
             stop_timeout=SHUTDOWN_GRACE_SECONDS,
             stop_grace_seconds=SHUTDOWN_GRACE_SECONDS,

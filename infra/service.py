@@ -38,6 +38,16 @@ def build_args(target: str | None = None) -> docker.DockerBuildArgs:
                                   platform="linux/amd64", target=target)
 
 
+def health_probe(port: int) -> list[str]:
+    """The replicas' healthcheck: GET /health answered 200 on ``port``. Plain sockets under ``python -I -S``
+    (no site-packages, no urllib): about 20 ms a run instead of 70, since it runs every few seconds in
+    every replica. Any Python 3 image can run it, so an older image tag rolled back to still passes."""
+    code = (f"import socket; s = socket.create_connection(('127.0.0.1', {port}), 3); "
+            "s.sendall(b'GET /health HTTP/1.0\\r\\n\\r\\n'); "
+            "raise SystemExit(s.makefile('rb').readline().split()[1:2] != [b'200'])")
+    return ["CMD", "python", "-I", "-S", "-c", code]
+
+
 class PredictionService(pulumi.ComponentResource):
     """Runs ``service.replicas`` containers of the service image on the app network (gateway,
     Prometheus) and the data network (database, Redis), after the migrate job.
@@ -65,7 +75,6 @@ class PredictionService(pulumi.ComponentResource):
         self.migrate = self._migrate_job(name, cfg, runtime, networks, database, child_opts)
         self.service_alias = cfg.physical("service")
         self.aliases = [f"{self.service_alias}-{i}" for i in range(1, s.replicas + 1)]
-        probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{s.port}/health', timeout=3)"
         # The URLs are built from plain names, not from the database's and Redis's outputs: a property
         # dependency on a container that is replaced delete-before-replace (every docker.Container, by
         # pulumi-docker's choice) would make Pulumi delete every replica first (step_generator.go
@@ -83,8 +92,10 @@ class PredictionService(pulumi.ComponentResource):
             secret_uid=SERVICE_UID,
             networks=[(networks.app, []), (networks.data, [])],
             mounts=[models_mount],
-            health=Health(["CMD", "python", "-c", probe], interval="10s", timeout="5s", retries=3,
-                          start_period="20s"),
+            # Every 3 s, so a new replica is found healthy (and a roll-out moves on) soon after it
+            # starts; one that never answers fails after 15 + 3 × 3 = 24 s, which the Swarm update's
+            # monitor window is sized from (runtime.py).
+            health=Health(health_probe(s.port), interval="3s", timeout="3s", retries=3, start_period="15s"),
             memory_mb=s.memoryMb,
             cpus=s.cpus,
             memory_reserved_mb=s.memoryReservedMb,

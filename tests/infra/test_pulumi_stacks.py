@@ -8,7 +8,11 @@ Expected values come from the stack files themselves plus the numbers the platfo
 """
 from __future__ import annotations
 
+import http.server
 import re
+import subprocess
+import sys
+import threading
 import urllib.parse
 
 import pytest
@@ -175,9 +179,41 @@ def test_healthchecks(stack):
     assert "pg_isready" in " ".join(db["tests"]) and "prediction_user" in " ".join(db["tests"])
     assert graph.container("cache-container").get("healthcheck")["tests"][-1] == "ping"
     for replica in graph.replicas():
-        probe = " ".join(replica.get("healthcheck")["tests"])
-        assert f"127.0.0.1:{SERVICE_PORT}/health" in probe
+        probe = replica.get("healthcheck")["tests"]
+        assert probe[:2] == ["CMD", "python"] and f"('127.0.0.1', {SERVICE_PORT})" in probe[-1] and "/health" in probe[-1]
         assert replica.get("wait") is True, "pulumi up waits for healthy replicas before the gateway"
+
+
+class _Status(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        self.send_response(200 if self.path == "/health" and self.server.healthy else 503)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("healthy", [True, False, None], ids=["answers-200", "answers-503", "nothing-listening"])
+def test_the_replicas_healthcheck_passes_only_on_200_from_health(stack, healthy):
+    """The replicas' healthcheck command as the program emits it, run with this Python against a server
+    that answers GET /health with 200 or 503, or against a closed port: exit 0 only for the 200."""
+    _, graph, _ = stack
+    code = graph.replicas()[0].get("healthcheck")["tests"][-1]
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Status)
+    server.healthy = healthy
+    port = server.server_address[1]
+    if healthy is None:
+        server.server_close()
+    else:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        probe = code.replace(f"('127.0.0.1', {SERVICE_PORT})", f"('127.0.0.1', {port})")
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, timeout=10)
+        assert (done.returncode == 0) is bool(healthy), done.stderr.decode()[-300:]
+    finally:
+        if healthy is not None:
+            server.shutdown()
+            server.server_close()
 
 
 # --- ports and networks -----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from swarm_support import SERVICE_IMAGE  # noqa: E402
 
+from stack_emulator import stack as emulator  # noqa: E402
 from stack_emulator import swarm_nodes  # noqa: E402
 from stack_emulator.engine import EngineMissing, engine_client  # noqa: E402
 from harness.suite_skip import fold  # noqa: E402
@@ -80,3 +82,56 @@ def swarm(swarm_engine, run_dir, prefix_for):
           f"load average {os.getloadavg()[0]:.1f}")
     yield sw
     swarm_nodes.down(prefix, run_dir=run_dir / prefix)
+
+
+class StackInBackground:
+    """`make stack-up STACK=swarm` in a thread of its own, so the stack's nodes, its images (the most of
+    its 1.5 min) and its services come up while the node tests (test_swarm_nodes.py) run on their own
+    swarm: both spend most of their time waiting. ``get()`` waits for it; ``remove()`` takes it down,
+    nodes and all, whether or not a test used it."""
+
+    def __init__(self):
+        self.prefix = f"t{secrets.token_hex(2)}-sw"
+        self.var_dir = Path(tempfile.mkdtemp(prefix="swarm-stack-"))
+        self.run = self.error = None
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._up, name="swarm-stack-up", daemon=True)
+        self._thread.start()
+
+    def _up(self) -> None:
+        started = time.monotonic()
+        try:
+            self.run = emulator.up("swarm", prefix=self.prefix, ports="free", var_dir=self.var_dir, quiet=True,
+                                   swarm_heartbeat=1)
+        except Exception as exc:  # reported by get(), in the test that needs the stack
+            self.error = exc
+        self.seconds = time.monotonic() - started
+
+    def get(self):
+        waited = time.monotonic()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.run, time.monotonic() - waited
+
+    def remove(self) -> None:
+        self._thread.join()
+        try:
+            emulator.down("swarm", var_dir=self.var_dir, unprotect=True, quiet=True)
+        except emulator.StackError as exc:
+            print(f"[swarm] stack-down failed ({exc}); removing the nodes")
+        finally:
+            swarm_nodes.down(self.prefix)
+            shutil.rmtree(self.var_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def swarm_stack_started(request):
+    """The swarm stack, started at the suite's first test when any selected test needs it."""
+    if not any("swarm_stack" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    request.getfixturevalue("swarm_engine")  # the engine and images first; else the skip (or CI failure)
+    background = StackInBackground()
+    yield background
+    background.remove()
