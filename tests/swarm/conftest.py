@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from swarm_support import SERVICE_IMAGE  # noqa: E402
+from swarm_support import SERVICE_IMAGE, leftovers  # noqa: E402
 
 from stack_emulator import stack as emulator  # noqa: E402
 from stack_emulator import swarm_nodes  # noqa: E402
@@ -115,14 +115,21 @@ class StackInBackground:
         return self.run, time.monotonic() - waited
 
     def remove(self) -> None:
+        """`make stack-down STACK=swarm`, which must leave nothing of the stack's swarm on this engine
+        (an error of the last test's teardown otherwise); the nodes are removed in any case."""
         self._thread.join()
+        problem = None
         try:
             emulator.down("swarm", var_dir=self.var_dir, unprotect=True, quiet=True)
+            left = leftovers(self.prefix)
+            problem = f"stack-down left {left}" if left else None
         except emulator.StackError as exc:
-            print(f"[swarm] stack-down failed ({exc}); removing the nodes")
+            problem = f"stack-down failed: {exc}"
         finally:
             swarm_nodes.down(self.prefix)
             shutil.rmtree(self.var_dir, ignore_errors=True)
+        if problem and self.run is not None:
+            raise AssertionError(problem)
 
 
 @pytest.fixture(scope="session", autouse=True)
