@@ -302,7 +302,10 @@ def _load_images(swarm, graph: Graph) -> None:
     by_nodes: dict[tuple, list[str]] = {}
     for ref, nodes in sorted(wanted.items()):
         by_nodes.setdefault(tuple(sorted(nodes)), []).append(ref)
-    for nodes, group in by_nodes.items():  # images that go to the same nodes travel in one stream
+    # Images that go to the same nodes travel in one stream; the streams to the most nodes first, so the
+    # layers they share with the others are on those nodes already and left out of the later streams
+    # (swarm_nodes._LoadedLayers: the ops image is the service image and one layer more).
+    for nodes, group in sorted(by_nodes.items(), key=lambda item: (-len(item[0]), item[0])):
         swarm.load_images(group, nodes=list(nodes))
 
 

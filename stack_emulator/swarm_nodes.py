@@ -36,6 +36,7 @@ import queue
 import re
 import shutil
 import sys
+import tarfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -640,9 +641,53 @@ def _load_images(swarm: Swarm, refs: list[str], nodes: list[Node]) -> Transfer:
             missing.setdefault(lacking, []).append(n)
     started = time.monotonic()
     for group, group_nodes in missing.items():
-        transfer.tar_bytes += _stream(host, list(group), group_nodes, want)
+        try:
+            transfer.tar_bytes += _stream(host, list(group), group_nodes, want, thin=True)
+        except _ThinLoadFailed:  # a node no longer had a layer it loaded before: send everything
+            _LAYERS.forget(group_nodes)
+            transfer.tar_bytes += _stream(host, list(group), group_nodes, want, thin=False)
     transfer.seconds = time.monotonic() - started
     return transfer
+
+
+class _ThinLoadFailed(SwarmError):
+    """A load without the layers a node was recorded to have failed."""
+
+
+class _LoadedLayers:
+    """Per node engine, the layer folders of the `docker save` archives it has loaded. A later archive
+    leaves those folders out: `docker load` opens a layer's file only when the engine lacks the layer's
+    chain (moby image/tarexport/load.go, Load: `l.lss.Get(r.ChainID())` before `loadLayer`), and
+    a folder's name is the layer's v1 id, a digest of its chain id and its parent's (image/v1
+    CreateID), so the same name means the same chain. Images built FROM one another (the ops image
+    on the service image, a new service tag on the old) then travel as their new layers only. Kept
+    per engine ID (a node recreated on a fresh volume is a new engine) for this process only; a load
+    that fails without them is sent again whole."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._by_engine: dict[str, set[str]] = {}
+
+    def common(self, nodes: list[Node]) -> set[str]:
+        with self._lock:
+            sets = [self._by_engine.get(_engine_id(n), set()) for n in nodes]
+        return set.intersection(*sets) if sets else set()
+
+    def add(self, node: Node, folders: set[str]) -> None:
+        with self._lock:
+            self._by_engine.setdefault(_engine_id(node), set()).update(folders)
+
+    def forget(self, nodes: list[Node]) -> None:
+        with self._lock:
+            for n in nodes:
+                self._by_engine.pop(_engine_id(n), None)
+
+
+_LAYERS = _LoadedLayers()
+
+
+def _engine_id(node: Node) -> str:
+    return node.client(timeout=30).info()["ID"]
 
 
 class _Feed:
@@ -681,23 +726,35 @@ class _Feed:
                 f"docker load into {self.node.name} failed: {exc}")
 
 
-def _stream(host: docker.DockerClient, refs: list[str], nodes: list[Node], want: dict[str, str]) -> int:
+def _stream(host: docker.DockerClient, refs: list[str], nodes: list[Node], want: dict[str, str],
+            thin: bool) -> int:
     """`docker save ref…` from the host engine piped into `docker load` on every node at once: one
-    archive in which layers shared by the images travel once; bytes sent to each node.
-    (docker-py's get_image takes one name; the API's /images/get takes several.)"""
+    archive in which layers shared by the images travel once; with ``thin``, without the layer
+    folders every one of these nodes has loaded before (_LoadedLayers). Returns the bytes sent to each
+    node. (docker-py's get_image takes one name; the API's /images/get takes several.)"""
+    have = _LAYERS.common(nodes) if thin else set()
     feeds = [_Feed(n) for n in nodes]
     threads = [threading.Thread(target=f.load, args=(refs, want), daemon=True) for f in feeds]
     for t in threads:
         t.start()
-    size = 0
+    out = _FanOut(feeds)
+    folders, dropped = set(), set()
     try:
         api = host.api
         res = api._get(api._url("/images/get"), params={"names": refs}, stream=True)
         api._raise_for_status(res)
-        for chunk in res.iter_content(chunk_size=1 << 20):
-            size += len(chunk)
-            for f in feeds:
-                f.put(chunk)
+        # Read and written as tar streams: nothing of the archive is held whole.
+        with tarfile.open(fileobj=res.raw, mode="r|", bufsize=1 << 20) as src, \
+                tarfile.open(fileobj=out, mode="w|", bufsize=1 << 20, format=tarfile.PAX_FORMAT) as dst:
+            dst.copybufsize = 1 << 20
+            for member in src:
+                folder = member.name.split("/", 1)[0] if member.isdir() or "/" in member.name else None
+                if folder is not None:
+                    folders.add(folder)
+                    if folder in have:
+                        dropped.add(folder)
+                        continue
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
     finally:
         for f in feeds:
             f.put(_Feed.DONE)
@@ -705,8 +762,27 @@ def _stream(host: docker.DockerClient, refs: list[str], nodes: list[Node], want:
             t.join()
     failed = [f.failed for f in feeds if f.failed is not None]
     if failed:
+        if dropped:
+            raise _ThinLoadFailed(str(failed[0]))
         raise failed[0]
-    return size
+    for n in nodes:
+        _LAYERS.add(n, folders)
+    return out.size
+
+
+class _FanOut:
+    """A write-only file whose bytes go to every node's feed."""
+
+    def __init__(self, feeds: list[_Feed]):
+        self.feeds = feeds
+        self.size = 0
+
+    def write(self, data) -> int:
+        chunk = bytes(data)
+        self.size += len(chunk)
+        for f in self.feeds:
+            f.put(chunk)
+        return len(chunk)
 
 
 def _image_id(client: docker.DockerClient, ref: str) -> str | None:
