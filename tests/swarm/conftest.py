@@ -27,7 +27,7 @@ from stack_emulator import stack as emulator  # noqa: E402
 from stack_emulator import swarm_nodes  # noqa: E402
 from stack_emulator.engine import EngineMissing, engine_client  # noqa: E402
 from harness.suite_skip import fold  # noqa: E402
-from stack_emulator.images import ImageError, Images  # noqa: E402
+from stack_emulator.images import ImageError  # noqa: E402
 
 
 @pytest.hookimpl(wrapper=True)
@@ -44,8 +44,7 @@ def swarm_engine():
     try:
         client = engine_client()
         started = time.monotonic()
-        swarm_nodes.node_image(client)
-        Images(client).ensure(SERVICE_IMAGE)
+        swarm_nodes.node_image(client)  # built on SERVICE_IMAGE, the Debian base
         print(f"\n[swarm] node image and {SERVICE_IMAGE} ready in {time.monotonic() - started:.0f}s")
         return client
     except (EngineMissing, ImageError, swarm_nodes.SwarmError) as exc:

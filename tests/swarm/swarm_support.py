@@ -6,9 +6,22 @@ from docker.types import EndpointSpec, RestartPolicy, ServiceMode
 
 from stack_emulator import swarm_nodes
 from stack_emulator.engine import engine_client
+from stack_emulator.images import BASE_TAG
 
-# The image of the tests' own services: the smallest local image with an HTTP server (python3 -m http.server).
-SERVICE_IMAGE = "python:3.11-slim"
+# The image of the tests' own services: the local Debian base every stand-in is built on (74 MB; half of
+# python:3.11-slim, and moving images into the nodes is most of this suite's start), served by perl-base.
+SERVICE_IMAGE = BASE_TAG
+# GET anything -> the task's hostname (its node's name); exits on SIGTERM.
+_HTTP_ID = r"""
+$SIG{TERM} = sub { exit 0 };
+open(my $f, "<", "/etc/hostname") or die "hostname: $!"; my $id = <$f>;
+my $s = IO::Socket::INET->new(LocalPort => 8000, Listen => 64, ReuseAddr => 1) or die "listen: $!";
+while (my $c = $s->accept) {
+    while (my $line = <$c>) { last if $line =~ /^\r?$/ }
+    print $c "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " . length($id) . "\r\n\r\n$id";
+    close $c;
+}
+"""
 SECOND = 1_000_000_000  # Swarm durations are nanoseconds
 
 
@@ -26,10 +39,10 @@ def http_service(swarm, name: str, port: int, replicas: int, **placement):
     dnsrr and ``port`` published in host mode on the nodes that run a task (no IPVS here)."""
     return swarm.client().services.create(
         SERVICE_IMAGE, name=name, hostname="{{.Node.Hostname}}",
-        command=["sh", "-c", "hostname > /tmp/id && cd /tmp && exec python3 -m http.server 8000"],
+        command=["perl", "-MIO::Socket::INET", "-e", _HTTP_ID],
         mode=ServiceMode("replicated", replicas=replicas),
         endpoint_spec=EndpointSpec(mode="dnsrr", ports={port: (8000, "tcp", "host")}),
-        # python as PID 1 ignores SIGTERM: stop it after 1 s; restart a lost task after 1 s (Docker's 5 s)
+        # stop a task that ignores SIGTERM after 1 s; restart a lost task after 1 s (Docker's 5 s)
         stop_grace_period=SECOND, restart_policy=RestartPolicy(condition="any", delay=SECOND),
         **placement)
 
