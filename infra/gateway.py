@@ -94,7 +94,7 @@ class Gateway(pulumi.ComponentResource):
                    File(f"{TLS_DIR}/server.key", key_pem, secret=True, mode=0o600)],
             ports=[Port(HTTPS_PORT, g.httpsPort, g.bindAddress), Port(HTTP_PORT, g.httpPort, g.bindAddress)],
             networks=[(networks.app, [])],
-            health=Health(["CMD-SHELL", "kill -0 \"$(cat /var/run/nginx.pid)\""], interval="10s", timeout="3s",
+            health=Health(["CMD-SHELL", "kill -0 \"$(cat /var/run/nginx.pid)\""], interval="5s", timeout="3s",
                           retries=3, start_period="5s"),
             stop_grace_seconds=SHUTDOWN_GRACE_SECONDS,
             # The host ports are on the manager(s); a second nginx cannot take them while the first runs.

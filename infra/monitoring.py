@@ -129,7 +129,7 @@ class Monitoring(pulumi.ComponentResource):
                           read_only=True)],
             networks=[(networks.app, [])],
             health=Health(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{NODE_EXPORTER_PORT}/metrics"],
-                          interval="10s", timeout="3s", retries=5, start_period="5s"),
+                          interval="5s", timeout="3s", retries=5, start_period="5s"),
             stop_grace_seconds=5,
             wait=False,
         ), pulumi.ResourceOptions(parent=self, delete_before_replace=True))
@@ -157,7 +157,7 @@ class Monitoring(pulumi.ComponentResource):
             networks=[(networks.data, []), (networks.app, [])],
             # The landing page: /metrics would query the database at every check.
             health=Health(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{POSTGRES_EXPORTER_PORT}/"],
-                          interval="10s", timeout="3s", retries=5, start_period="5s"),
+                          interval="5s", timeout="3s", retries=5, start_period="5s"),
             memory_mb=m.exporterMemoryMb,
             stop_grace_seconds=5,
             wait=False,
@@ -209,7 +209,7 @@ class Monitoring(pulumi.ComponentResource):
             networks=[(networks.app, [])],
             ports=[Port(PROMETHEUS_PORT, m.prometheusHostPort, m.bindAddress)],
             health=Health(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"],
-                          interval="10s", timeout="3s", retries=5, start_period="10s"),
+                          interval="5s", timeout="3s", retries=10, start_period="10s"),
             # Prometheus writes its head block on SIGTERM; killed, it replays the WAL at the next start.
             stop_grace_seconds=30,
             wait=False,

@@ -57,6 +57,10 @@ class Mount:
 
 @dataclass
 class Health:
+    """A workload's healthcheck. Docker runs the first probe one ``interval`` after the start (20.10
+    has no start_interval), and Swarm, `pulumi up` (wait / converge_config) and the roll-outs count a
+    task as running only once a probe passed: the interval is how soon a new task counts, so keep it
+    short where the probe is cheap."""
     tests: list
     interval: str
     timeout: str
