@@ -342,12 +342,17 @@ def test_the_database_waits_for_its_node_and_comes_back_with_every_row(swarm_sta
               f"{pending[0]['Status'].get('Err', '') if pending else ''})")
     finally:
         swarm.activate(DATABASE_NODE)
+    phases = {"node active": time.monotonic() - started}
     wait_until(lambda: swarm_stack.nodes_of("database-container") == [DATABASE_NODE], 120,
                "the database back on its node")
+    phases["database running"] = time.monotonic() - started
     wait_until(lambda: swarm_stack.predict().status_code == 200, 90, "predictions again")
+    phases["a prediction answered"] = time.monotonic() - started
     swarm_stack.wait_whole()
+    phases["every service whole"] = time.monotonic() - started
     after = settled_rows(swarm_stack)
-    print(f"[swarm] database back after {time.monotonic() - started:.0f}s: rows {rows} before, {after} after")
+    print(f"[swarm] database back: rows {rows} before, {after} after; seconds since the drain: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
     assert after >= rows
 
 
