@@ -669,18 +669,22 @@ class _LoadedLayers:
         self._by_engine: dict[str, set[str]] = {}
 
     def common(self, nodes: list[Node]) -> set[str]:
+        engines = [_engine_id(n) for n in nodes]  # API calls, outside the lock
         with self._lock:
-            sets = [self._by_engine.get(_engine_id(n), set()) for n in nodes]
+            sets = [set(self._by_engine.get(e, ())) for e in engines]
         return set.intersection(*sets) if sets else set()
 
-    def add(self, node: Node, folders: set[str]) -> None:
+    def add(self, nodes: list[Node], folders: set[str]) -> None:
+        engines = [_engine_id(n) for n in nodes]
         with self._lock:
-            self._by_engine.setdefault(_engine_id(node), set()).update(folders)
+            for e in engines:
+                self._by_engine.setdefault(e, set()).update(folders)
 
     def forget(self, nodes: list[Node]) -> None:
+        engines = [_engine_id(n) for n in nodes]
         with self._lock:
-            for n in nodes:
-                self._by_engine.pop(_engine_id(n), None)
+            for e in engines:
+                self._by_engine.pop(e, None)
 
 
 _LAYERS = _LoadedLayers()
@@ -738,7 +742,8 @@ def _stream(host: docker.DockerClient, refs: list[str], nodes: list[Node], want:
     for t in threads:
         t.start()
     out = _FanOut(feeds)
-    folders, dropped = set(), set()
+    folders: set[str] = set()
+    thinned = False
     try:
         api = host.api
         res = api._get(api._url("/images/get"), params={"names": refs}, stream=True)
@@ -752,7 +757,7 @@ def _stream(host: docker.DockerClient, refs: list[str], nodes: list[Node], want:
                 if folder is not None:
                     folders.add(folder)
                     if folder in have:
-                        dropped.add(folder)
+                        thinned = True
                         continue
                 dst.addfile(member, src.extractfile(member) if member.isfile() else None)
     finally:
@@ -762,11 +767,10 @@ def _stream(host: docker.DockerClient, refs: list[str], nodes: list[Node], want:
             t.join()
     failed = [f.failed for f in feeds if f.failed is not None]
     if failed:
-        if dropped:
+        if thinned:
             raise _ThinLoadFailed(str(failed[0]))
         raise failed[0]
-    for n in nodes:
-        _LAYERS.add(n, folders)
+    _LAYERS.add(nodes, folders)
     return out.size
 
 

@@ -82,20 +82,25 @@ class Load:
         wait_until(lambda: len(self.results) >= start + n, timeout, f"{n} more requests through the gateway")
 
 
-def derived_image(stack: "StackClient", tag: str, lines: list[str], files: dict[str, str] | None = None) -> str:
-    """Build ``prediction-service:<tag>`` FROM the image the stack's replicas run, plus Dockerfile
-    ``lines`` (``files``: name -> content in the build context); returns its image id."""
-    base = stack.service_image()
+def build_image(client, tag: str, dockerfile: str, files: dict[str, str] | None = None) -> str:
+    """Build ``tag`` on ``client``'s engine from ``dockerfile`` (``files``: name -> content in the
+    build context); returns its image id."""
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, text in {"Dockerfile": "\n".join([f"FROM {base}", *lines]) + "\n", **(files or {})}.items():
+        for name, text in {"Dockerfile": dockerfile, **(files or {})}.items():
             data = text.encode()
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    image, _ = stack.docker.images.build(fileobj=io.BytesIO(context.getvalue()), custom_context=True,
-                                         tag=f"prediction-service:{tag}", rm=True)
+    image, _ = client.images.build(fileobj=io.BytesIO(context.getvalue()), custom_context=True, tag=tag, rm=True)
     return image.id
+
+
+def derived_image(stack: "StackClient", tag: str, lines: list[str], files: dict[str, str] | None = None) -> str:
+    """Build ``prediction-service:<tag>`` FROM the image the stack's replicas run, plus Dockerfile
+    ``lines`` (``files``: name -> content in the build context); returns its image id."""
+    dockerfile = "\n".join([f"FROM {stack.service_image()}", *lines]) + "\n"
+    return build_image(stack.docker, f"prediction-service:{tag}", dockerfile, files)
 
 
 def settled_rows(stack: "StackClient") -> int:

@@ -4,26 +4,29 @@ service ls` through the manager's DOCKER_HOST, HTTP from the host's loopback to 
 publish in host mode, node loss and return, and nothing left on the engine after teardown.
 
 Cost on this 2-core machine (images built): the 3-node swarm once (~6 s, plus loading
-the Debian base, 77 MB, into 3 nodes), the 2-node swarms of the
-teardown tests (~6 s each), the services (~5-10 s each); 98-136 s measured in all.
+the Debian base, 77 MB, into 3 nodes: 4-16 s), the 2-node swarms of the teardown tests (~6 s
+each), the services (~5-10 s each); 62 s alone, about 70 s beside the swarm stack's start.
 """
 from __future__ import annotations
 
-import io
 import subprocess
-import tarfile
+import sys
 import time
+from pathlib import Path
 
 import docker.errors
 import pytest
 from docker.types import ServiceMode
 
 from harness.waiting import wait_until
-from swarm_support import SECOND, SERVICE_IMAGE, answer, http_service, leftovers, running_on
 
-from stack_emulator import swarm_nodes
-from stack_emulator.engine import engine_client
-from stack_emulator.images import BASE_TAG
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docker"))
+from docker_support import build_image  # noqa: E402
+from swarm_support import SECOND, SERVICE_IMAGE, answer, http_service, leftovers, running_on  # noqa: E402
+
+from stack_emulator import swarm_nodes  # noqa: E402
+from stack_emulator.engine import engine_client  # noqa: E402
+from stack_emulator.images import BASE_TAG  # noqa: E402
 
 
 @pytest.fixture
@@ -70,19 +73,6 @@ def test_every_node_has_the_images_under_the_hosts_ids_and_up_again_starts_a_sto
     assert swarm.node(2).client().info()["Swarm"]["LocalNodeState"] == "active"
 
 
-def _build(tag: str, dockerfile: str) -> str:
-    """An image built on the host engine from a Dockerfile alone; its id."""
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        data = dockerfile.encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    image, _ = engine_client().images.build(fileobj=io.BytesIO(context.getvalue()), custom_context=True, tag=tag,
-                                            rm=True)
-    return image.id
-
-
 def test_an_image_on_layers_a_node_loaded_travels_as_its_new_layers_and_a_node_that_lost_them_gets_it_whole(swarm):
     host = engine_client()
     node = swarm.node(2)
@@ -90,11 +80,12 @@ def test_an_image_on_layers_a_node_loaded_travels_as_its_new_layers_and_a_node_t
     try:
         # Two small layers on the Debian base, which the node loaded as an image of its own: the
         # base's folder there had another name (a digest of that image's config too), so it travels.
-        _build(f"{tag}-two", f"FROM {BASE_TAG}\nRUN echo {swarm.prefix} > /one\nRUN echo {swarm.prefix} > /two\n")
+        build_image(host, f"{tag}-two",
+                    f"FROM {BASE_TAG}\nRUN echo {swarm.prefix} > /one\nRUN echo {swarm.prefix} > /two\n")
         two = swarm.load_images([f"{tag}-two"], nodes=[2])
         # A new tag on it (a label): every layer is on the node now; only the top one's folder
         # (config-dependent, as above) travels.
-        want = _build(f"{tag}-label", f"FROM {tag}-two\nLABEL com.prediction.test=label\n")
+        want = build_image(host, f"{tag}-label", f"FROM {tag}-two\nLABEL com.prediction.test=label\n")
         label = swarm.load_images([f"{tag}-label"], nodes=[2])
         assert node.client().images.get(f"{tag}-label").id == want
         assert label.tar_bytes < 1_000_000 < two.tar_bytes, (two.tar_bytes, label.tar_bytes)
@@ -103,7 +94,7 @@ def test_an_image_on_layers_a_node_loaded_travels_as_its_new_layers_and_a_node_t
         # it whole, although this process recorded them as loaded there.
         for ref in (f"{tag}-label", f"{tag}-two"):
             node.client().images.remove(ref)
-        want = _build(f"{tag}-again", f"FROM {tag}-two\nLABEL com.prediction.test=again\n")
+        want = build_image(host, f"{tag}-again", f"FROM {tag}-two\nLABEL com.prediction.test=again\n")
         whole = swarm.load_images([f"{tag}-again"], nodes=[2])
         assert node.client().images.get(f"{tag}-again").id == want
         print(f"\n[swarm] into node 2: an image on the Debian base {two.tar_bytes / 1e6:.0f} MB; a new tag of it "
