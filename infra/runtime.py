@@ -315,10 +315,11 @@ class SwarmRuntime:
         return self.engine.run(w, opts)
 
     def job(self, w: Workload, opts: pulumi.ResourceOptions) -> docker.Service:
-        """The migrate job: one task, restarted only on failure; the provider waits for it to converge
-        (healthy), and deletes a service whose create did not converge, so the next `pulumi up`
-        creates it, i.e. runs the migration, again (resource_docker_service_funcs.go)."""
-        return self._service(Workload(**{**w.__dict__, "restart": "on-failure"}), 1, opts)
+        """The migrate job: one task that migrates and then idles healthy; the provider waits for it to
+        converge (healthy), and deletes a service whose create did not converge, so the next `pulumi up`
+        creates it, i.e. runs the migration, again (resource_docker_service_funcs.go). Like every
+        service here its task is started again whenever it ends (``_service``)."""
+        return self._service(w, 1, opts)
 
     def run(self, w: Workload, opts: pulumi.ResourceOptions) -> docker.Service:
         return self._service(w, 1, opts)
@@ -412,9 +413,12 @@ class SwarmRuntime:
                 networks_advanceds=[docker.ServiceTaskSpecNetworksAdvancedArgs(id=n.id, aliases=aliases or None)
                                     for n, aliases in w.networks],
                 resources=resources,
-                restart_policy=docker.ServiceTaskSpecRestartPolicyArgs(
-                    condition="on-failure" if w.restart in ("on-failure", "no") else "any", delay="5s",
-                    max_attempts=3 if w.restart == "no" else None),
+                # "any", whatever the workload's engine restart policy: every service here is meant to
+                # keep running, and under "on-failure" Swarm never replaces a task that exited 0
+                # (swarmkit manager/orchestrator/restart/restart.go shouldRestart: TaskStateCompleted),
+                # as one does when something other than Swarm stops it (its node's engine shutting
+                # down: SIGTERM, a clean exit). The slot then stays empty: migrate 0/1 was seen so.
+                restart_policy=docker.ServiceTaskSpecRestartPolicyArgs(condition="any", delay="5s"),
                 placement=docker.ServiceTaskSpecPlacementArgs(constraints=w.constraints) if w.constraints else None,
             ),
             mode=docker.ServiceModeArgs(global_=True) if replicas is None

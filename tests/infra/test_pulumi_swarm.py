@@ -41,6 +41,14 @@ def test_every_long_running_part_is_a_service_and_the_toolbox_a_container(swarm)
         assert labels["com.docker.stack.namespace"] == prefix and r.get("name").startswith(prefix + "-")
 
 
+def test_every_task_that_ends_is_started_again_even_with_exit_0(swarm):
+    # Under "on-failure" Swarm leaves a task that exited 0 (stopped by its node's engine: SIGTERM, a
+    # clean exit) unreplaced, and the service short of it for good; tests/swarm shows the restart.
+    _, graph, _ = swarm
+    for r in graph.of_type(SERVICE):
+        assert r.get("taskSpec")["restartPolicy"]["condition"] == "any", r.name
+
+
 def test_replicas_roll_start_first_one_at_a_time_and_roll_back_on_a_failed_healthcheck(swarm):
     _, graph, cfg = swarm
     svc = workload(graph, "service")

@@ -356,6 +356,20 @@ def test_the_database_waits_for_its_node_and_comes_back_with_every_row(swarm_sta
     assert after >= rows
 
 
+def test_a_task_stopped_outside_swarm_with_exit_0_is_started_again(swarm_stack):
+    """As when its node's engine stops it: SIGTERM, a clean exit. Under the restart condition
+    "on-failure" Swarm never replaces such a task, and the migrate job stayed at 0/1 (runtime.py)."""
+    [job] = swarm_stack.task_containers("service-migrate")
+    before = {t["ID"] for t in swarm_stack.tasks("service-migrate")}
+    started = time.monotonic()
+    job.stop(timeout=10)
+    job.reload()
+    assert job.attrs["State"]["ExitCode"] == 0, job.attrs["State"]
+    wait_until(lambda: {t["ID"] for t in swarm_stack.tasks("service-migrate")} - before, 90,
+               "a new migrate task, migrated and healthy")
+    print(f"\n[swarm] migrate task stopped (exit 0): a new one healthy after {time.monotonic() - started:.0f}s")
+
+
 def test_ops_playbooks_against_the_swarm_stack(swarm_stack):
     took: dict[str, float] = {}
 
