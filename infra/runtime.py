@@ -95,6 +95,7 @@ class Workload:
     cpus_reserved: Optional[float] = None
     stop_grace_seconds: int = 10
     stop_timeout: Optional[int] = None
+    # One engine's restart policy (a Swarm task restarts whenever it ends: SwarmRuntime._service).
     restart: str = "unless-stopped"
     max_retry_count: int = 0
     user: Optional[str] = None
@@ -319,7 +320,7 @@ class SwarmRuntime:
         converge (healthy), and deletes a service whose create did not converge, so the next `pulumi up`
         creates it, i.e. runs the migration, again (resource_docker_service_funcs.go). Like every
         service here its task is started again whenever it ends (``_service``)."""
-        return self._service(w, 1, opts)
+        return self.run(w, opts)
 
     def run(self, w: Workload, opts: pulumi.ResourceOptions) -> docker.Service:
         return self._service(w, 1, opts)
