@@ -59,8 +59,16 @@ def test_every_alert_measures_something_that_exists(watched, source, name, expr)
     wait_until(lambda: watched.promql(signal), 60, f"series for alert {name}: {' '.join(signal.split())}")
 
 
+# Alerts about the traffic a stack gets rather than about its health: the Docker suites share prod for
+# half an hour and send it distinct inputs (cache misses) and bad keys and bodies (4xx) on purpose, so
+# these may rightly fire there. Their rules are proven by promtool's unit tests (dashboards/alerts/tests).
+TRAFFIC_ALERTS = {"PredictionServiceLowCacheHitRate", "PredictionServiceLowSuccessRate", "RedisLowHitRatio"}
+
+
 def test_no_service_alert_fires_on_the_healthy_stack(watched):
     # The Host* alerts measure the Docker host, which the test run itself keeps busy: not the stack's health.
-    firing = [a["metric"] for a in watched.promql("ALERTS")
-              if a["metric"].get("alertstate") == "firing" and not a["metric"]["alertname"].startswith("Host")]
-    assert not firing, f"alerts firing on a healthy stack: {firing}"
+    firing = [a["metric"] for a in watched.promql("ALERTS") if a["metric"].get("alertstate") == "firing"]
+    traffic = [a["alertname"] for a in firing if a["alertname"] in TRAFFIC_ALERTS]
+    faults = [a for a in firing if not a["alertname"].startswith("Host") and a["alertname"] not in TRAFFIC_ALERTS]
+    print(f"\n[monitoring] firing: {len(faults)} fault alerts; about the suites' own traffic: {traffic or 'none'}")
+    assert not faults, f"alerts firing on a healthy stack: {faults}"

@@ -177,15 +177,19 @@ def test_a_killed_worker_leaves_two_ready_its_task_runs_on_the_other_worker_and_
 
     started = time.monotonic()
     swarm.kill(victim)
-    down = swarm.wait(lambda s: s[victim]["state"] == "down", f"node {victim} down", 60)
-    states = swarm.states()
-    assert sorted(i for i, s in states.items() if s["state"] == "ready") == sorted({1, 2, 3} - {victim})
-    wait_until(lambda: answer(swarm.url(other, 8082)) == f"{swarm.prefix}-node-{other}", 60,
-               f"solo's task answering on node {other}")
-    moved = time.monotonic() - started
-    assert running_on(swarm, solo) == [other]
-
-    back = swarm.rejoin(victim)
+    try:
+        down = swarm.wait(lambda s: s[victim]["state"] == "down", f"node {victim} down", 60)
+        states = swarm.states()
+        assert sorted(i for i, s in states.items() if s["state"] == "ready") == sorted({1, 2, 3} - {victim})
+        wait_until(lambda: answer(swarm.url(other, 8082)) == f"{swarm.prefix}-node-{other}", 60,
+                   f"solo's task answering on node {other}")
+        moved = time.monotonic() - started
+        # The node's agent reports the task's state to the manager after starting it: on a busy host the
+        # manager may still say "starting" while the task already answers.
+        wait_until(lambda: running_on(swarm, solo) == [other], 30, f"the manager to record solo running on node {other}")
+    finally:
+        # Whatever failed above, the module's later tests get their 3 nodes back.
+        back = swarm.rejoin(victim)
     print(f"\n[swarm] kill node {victim}: down after {down:.1f}s, its task answered on node {other} after "
           f"{moved:.1f}s; rejoined (same id) in {back:.1f}s")
     states = swarm.states()
