@@ -378,8 +378,9 @@ class SwarmRuntime:
         # The update watches each new task for longer than a failing one takes to be marked unhealthy,
         # and rolls the whole update back when one fails (the old tasks serve meanwhile: start-first).
         monitor = f"{(health.seconds_to_fail() if health else 10) + 10}s"
-        # 1 s between tasks: each new task is already healthy before the next one starts (start-first).
-        update = dict(parallelism=1, order=w.update_order, failure_action="rollback", monitor=monitor, delay="1s",
+        # No pause between tasks (Swarm's default): with start-first each new task is already healthy
+        # before the next one starts, so a delay would only lengthen a roll-out.
+        update = dict(parallelism=1, order=w.update_order, failure_action="rollback", monitor=monitor, delay="0s",
                       max_failure_ratio="0")
         resources = docker.ServiceTaskSpecResourcesArgs(
             limits=docker.ServiceTaskSpecResourcesLimitsArgs(
@@ -426,7 +427,7 @@ class SwarmRuntime:
             else docker.ServiceModeArgs(replicated=docker.ServiceModeReplicatedArgs(replicas=replicas)),
             update_config=docker.ServiceUpdateConfigArgs(**update),
             rollback_config=docker.ServiceRollbackConfigArgs(parallelism=1, order=w.update_order, monitor=monitor,
-                                                             failure_action="pause", delay="1s"),
+                                                             failure_action="pause", delay="0s"),
             endpoint_spec=docker.ServiceEndpointSpecArgs(
                 mode=o.endpointMode,
                 ports=[docker.ServiceEndpointSpecPortArgs(target_port=p.internal, published_port=p.external,

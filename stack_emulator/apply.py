@@ -138,7 +138,7 @@ def _run_step(step: Step, state: StackState, provider: DockerProvider, timings: 
             raise
         state.put(_record(r, step.old.id, outputs))
         timings[step.urn] = time.monotonic() - started
-        log(f" ~  {step.name}: updated{'' if step.engine_update else ' (state only)'}")
+        log(f" ~  {step.name}: updated" + (f" in {timings[step.urn]:.1f}s" if step.engine_update else " (state only)"))
         return
     if step.op == "replace" and not step.cascaded_by:
         if step.delete_before_replace:

@@ -67,7 +67,7 @@ def prefix_for():
     return lambda name: f"t{run_id}-{name}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def swarm(swarm_engine, run_dir, prefix_for):
     """3 nodes (node 1 the manager), node 3 labelled database=true, SERVICE_IMAGE on every node, node
     ports 8080-8082 published on the host's loopback, a 1 s heartbeat so a lost node is seen fast."""

@@ -4,6 +4,7 @@
 leaves the stack as the stack file describes it (3 replicas, every node active)."""
 from __future__ import annotations
 
+import calendar
 import os
 import re
 import sys
@@ -330,7 +331,8 @@ def test_the_database_waits_for_its_node_and_comes_back_with_every_row(swarm_sta
     swarm = swarm_stack.run.swarm
     swarm_stack.predict({**IRIS, "sepal_width": 3.33})
     rows = settled_rows(swarm_stack)
-    started = time.monotonic()
+    [old_task] = swarm_stack.tasks("database-container")
+    started, wall = time.monotonic(), time.time()
     swarm.drain(DATABASE_NODE)
     try:
         wait_until(lambda: not swarm_stack.tasks("database-container"), 60, "the database task stopped")
@@ -353,7 +355,28 @@ def test_the_database_waits_for_its_node_and_comes_back_with_every_row(swarm_sta
     after = settled_rows(swarm_stack)
     print(f"[swarm] database back: rows {rows} before, {after} after; seconds since the drain: "
           + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
+    print("[swarm] database tasks, seconds since the drain: " + database_timeline(swarm_stack, old_task["ID"], wall))
     assert after >= rows
+
+
+def database_timeline(stack, old_id: str, since: float) -> str:
+    """When the old task stopped, and when the new one was created, scheduled, started its container
+    and turned healthy (Swarm calls a task with a healthcheck running only once it is healthy)."""
+    def at(stamp: str) -> str:
+        whole, _, fraction = stamp.rstrip("Z").partition(".")
+        seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+        return f"{seconds + float('0.' + (fraction or '0')) - since:.1f}"
+
+    tasks = {t["ID"]: t for t in stack.service("database-container").tasks()}
+    old = tasks[old_id]
+    [new] = stack.tasks("database-container")
+    container = stack.run.swarm.node(DATABASE_NODE).client().api.inspect_container(
+        new["Status"]["ContainerStatus"]["ContainerID"])
+    health = container["State"].get("Health", {}).get("Log", [])
+    return (f"old {old['Status']['State']} at {at(old['Status']['Timestamp'])}; new created {at(new['CreatedAt'])}, "
+            f"container started {at(container['State']['StartedAt'])}, "
+            f"health probes ended {[at(h['End']) + ':' + str(h['ExitCode']) for h in health]}, "
+            f"running at {at(new['Status']['Timestamp'])}")
 
 
 def test_a_task_stopped_outside_swarm_with_exit_0_is_started_again(swarm_stack):
