@@ -5,6 +5,7 @@ import io
 import tarfile
 import time
 
+import docker
 import pytest
 
 from docker_support import exec_lines
@@ -20,8 +21,19 @@ def images(docker_engine, dev):
     return {ref: docker_engine.images.get(image_id) for ref, image_id in dev.run.images().items()}
 
 
-def _run(client, image, command, **kwargs) -> str:
-    return client.containers.run(image, command, remove=True, **kwargs).decode()
+def _run(client, image, command, stderr: bool = False, **kwargs) -> str:
+    """``docker run --rm``: the output, ContainerError on a non-zero exit. Removed with its anonymous
+    volumes (redis, TimescaleDB and Prometheus declare VOLUMEs), which ``containers.run(remove=True)``
+    leaves behind."""
+    c = client.containers.run(image, command, detach=True, **kwargs)
+    try:
+        status = c.wait(timeout=120)["StatusCode"]
+        out = c.logs(stdout=True, stderr=stderr)
+        if status != 0:
+            raise docker.errors.ContainerError(c, status, command, image, c.logs(stdout=False, stderr=True))
+        return out.decode()
+    finally:
+        c.remove(v=True, force=True)
 
 
 def test_every_stand_in_is_labelled_as_a_local_build(images):
