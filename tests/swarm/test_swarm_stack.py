@@ -4,11 +4,11 @@
 leaves the stack as the stack file describes it (3 replicas, every node active)."""
 from __future__ import annotations
 
-import calendar
 import os
 import re
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -360,15 +360,12 @@ def test_the_database_waits_for_its_node_and_comes_back_with_every_row(swarm_sta
 
 
 def database_timeline(stack, old_id: str, since: float) -> str:
-    """When the old task stopped, and when the new one was created, scheduled, started its container
-    and turned healthy (Swarm calls a task with a healthcheck running only once it is healthy)."""
-    def at(stamp: str) -> str:
-        whole, _, fraction = stamp.rstrip("Z").partition(".")
-        seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
-        return f"{seconds + float('0.' + (fraction or '0')) - since:.1f}"
+    """When the old task stopped, and when the new one was created, started its container and turned
+    healthy (Swarm calls a task with a healthcheck running only once it is healthy)."""
+    def at(stamp: str) -> str:  # Docker's RFC 3339 time, in seconds after ``since``
+        return f"{datetime.fromisoformat(stamp).timestamp() - since:.1f}"
 
-    tasks = {t["ID"]: t for t in stack.service("database-container").tasks()}
-    old = tasks[old_id]
+    [old] = stack.service("database-container").tasks(filters={"id": old_id})
     [new] = stack.tasks("database-container")
     container = stack.run.swarm.node(DATABASE_NODE).client().api.inspect_container(
         new["Status"]["ContainerStatus"]["ContainerID"])
