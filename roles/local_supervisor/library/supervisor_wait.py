@@ -190,7 +190,8 @@ def main():
                 fail(name, f"exited during start-up ({state}{': ' + why if why else ''})")
             pid = first_pid.setdefault(name, info["pid"])
             if info["pid"] != pid:
-                fail(name, f"exited during start-up and was started again (pid {pid}, now {info['pid']})")
+                # One wording for both ways of seeing the exit, so what the user reads does not depend on timing.
+                fail(name, f"exited during start-up (started again by supervisord: pid {pid}, now {info['pid']})")
             port = prog.get("port")
             if (port is None or _listens(pid, int(port))) and (not prog.get("url") or _answers(prog["url"])):
                 del pending[name]
